@@ -1,0 +1,1 @@
+"""DVFS backends: one small interface, one module per backend."""

@@ -1,0 +1,1 @@
+"""Inference engines: torch (eager reference) and onnxruntime."""
