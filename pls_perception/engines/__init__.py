@@ -1,1 +1,54 @@
-"""Inference engines: torch (eager reference) and onnxruntime."""
+"""Inference engines: ``torch`` (eager reference) and ``onnxruntime`` (faster on CPU).
+
+``make_engine`` is the one constructor the node and tools use; ``'auto'`` picks ONNX Runtime when
+it is installed and the device is the CPU, else eager PyTorch. Back ends are imported lazily so a
+machine without onnxruntime still imports the package.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pls_perception.engines.base import InferenceEngine
+from pls_perception.engines.torch_engine import TorchEngine
+
+if TYPE_CHECKING:
+    from pls_perception.weights import LoadedModel
+
+ENGINE_NAMES = ('auto', 'torch', 'onnxruntime')
+
+__all__ = ['ENGINE_NAMES', 'InferenceEngine', 'TorchEngine', 'make_engine',
+           'onnxruntime_available', 'resolve_engine_name']
+
+
+def onnxruntime_available() -> bool:
+    """True when the onnxruntime engine can be built (onnxruntime and onnx importable)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_engine_name(name: str, device: str = 'cpu') -> str:
+    """The engine 'auto' stands for on ``device`` ('onnxruntime' or 'torch'); others unchanged."""
+    if name not in ENGINE_NAMES:
+        raise ValueError(f'engine must be one of {ENGINE_NAMES}, got {name!r}')
+    if name != 'auto':
+        return name
+    return 'onnxruntime' if device == 'cpu' and onnxruntime_available() else 'torch'
+
+
+def make_engine(name: str, loaded: LoadedModel, device: str = 'cpu',
+                **kw: Any) -> InferenceEngine:
+    """Build the engine ``name`` ('auto' | 'torch' | 'onnxruntime') for a loaded model.
+
+    Extra keyword arguments are onnxruntime options (``cache_dir``, ``ratios``, ...; see
+    ``OnnxRuntimeEngine.from_loaded``); since 'auto' may pick either engine, the torch engine
+    ignores them. 'auto' means onnxruntime on the CPU when importable, else torch.
+    """
+    name = resolve_engine_name(name, device)
+    if name == 'torch':
+        return TorchEngine(loaded.model, device=device)
+    from pls_perception.engines.onnxruntime_engine import OnnxRuntimeEngine
+    return OnnxRuntimeEngine.from_loaded(loaded, device=device, **kw)

@@ -1,0 +1,100 @@
+"""Budget schedule node: publishes ``/latency_budget`` (std_msgs/Float64, ms) from a schedule.
+
+Stands in for the planner of an AV stack that tightens and relaxes the perception deadline, so the
+DVFS manager's adaptation is visible in the demo and testable. The schedule logic lives in the
+ROS-free pls_perception.budget_schedule; this node only keeps time and publishes. The budget is
+published at each change and re-published at ``publish_rate_hz`` so late subscribers catch up.
+With ``wait_for_subscribers`` the schedule's clock starts only once that many subscribers are
+matched (e.g. the DVFS manager and the perception node), so step times are as written.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from std_msgs.msg import Float64
+
+from pls_perception.budget_schedule import BudgetSchedule
+
+NODE_NAME = 'budget_schedule'
+DEFAULT_SCHEDULE = '0:40,10:15,20:60'
+
+
+def _descriptor(description: str, low: float | None = None,
+                high: float | None = None) -> ParameterDescriptor:
+    d = ParameterDescriptor(description=description, read_only=True)
+    if low is not None and high is not None:
+        d.floating_point_range = [FloatingPointRange(from_value=low, to_value=high, step=0.0)]
+    return d
+
+
+class BudgetScheduleNode(Node):
+    """Publishes the scheduled latency budget on /latency_budget."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self.declare_parameter('schedule', DEFAULT_SCHEDULE, _descriptor(
+            'budget steps "seconds:ms,..." from the node start, e.g. "0:40,10:15,20:60"'))
+        self.declare_parameter('loop', False, _descriptor('repeat the schedule'))
+        self.declare_parameter('period_s', 0.0, _descriptor(
+            'loop period; 0 = the last step lasts as long as the one before it', 0.0, 1e6))
+        self.declare_parameter('publish_rate_hz', 1.0, _descriptor(
+            'how often the budget in force is re-published', 0.01, 100.0))
+        self.declare_parameter('wait_for_subscribers', 0, ParameterDescriptor(
+            description='start the schedule once this many /latency_budget subscribers match',
+            read_only=True))
+        p = self.get_parameter
+        self.schedule = BudgetSchedule(str(p('schedule').value), loop=bool(p('loop').value),
+                                       period_s=float(p('period_s').value))
+        self._publisher = self.create_publisher(Float64, '/latency_budget', 10)
+        self._wait_for = int(p('wait_for_subscribers').value)
+        self._start: float | None = None
+        self._current_ms: float | None = None
+        self._last_publish = 0.0
+        self._period_s = 1.0 / float(p('publish_rate_hz').value)
+        self.create_timer(0.05, self._tick)
+        self.get_logger().info(f'publishing /latency_budget from {self.schedule}')
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self._start is None:
+            if self._publisher.get_subscription_count() < self._wait_for:
+                return
+            self._start = now
+        budget_ms = self.schedule.budget_at(now - self._start)
+        if budget_ms != self._current_ms:
+            self.get_logger().info(f't = {now - self._start:.1f} s: budget {budget_ms:g} ms')
+        elif now - self._last_publish < self._period_s:
+            return
+        self._current_ms = budget_ms
+        self._last_publish = now
+        self._publisher.publish(Float64(data=budget_ms))
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    try:
+        try:
+            node = BudgetScheduleNode()
+        except ValueError as e:
+            rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {e}')
+            return 1
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,199 @@
+"""``image_source``: publish camera-like ``sensor_msgs/Image`` frames from files or a rosbag2.
+
+``ros2 bag play`` is not on every machine (pip ROS has no rosbag2), and the demo, the replay
+tools and the tests need a source whose timing and stamps they control. This node publishes on
+``image`` from a folder, an image tar (e.g. the shared CIFAR-10 split) or a rosbag2 image topic,
+at a fixed rate or at the recorded timing scaled by a multiplier, optionally looping.
+
+Parameters: ``source`` (folder | tar | 'cifar10' | rosbag2 dir), ``split``, ``limit`` and
+``per_class`` (0 = all), ``bag_topic`` ('' = the bag's only image topic), ``rate_hz`` (0 =
+recorded timing, bags only), ``rate_multiplier``, ``loop``, ``frame_id`` ('' = recorded, else
+'camera'), ``encoding`` ('' = recorded, else rgb8), ``stamp`` ('auto' | 'now' | 'recorded';
+auto keeps a bag's header stamps so a replay can be scored against its ground truth),
+``wait_for_subscribers`` (publish only once that many subscribers matched), ``wait_timeout_s``,
+``start_delay_s``, ``qos_depth``, ``progress`` (tqdm bar).
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from builtin_interfaces.msg import Time
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from pls_perception.bags import (NS_PER_S, FrameSource, ImageFrame, check_rates,
+                                 publish_offset_ns)
+from pls_perception.errors import PlsError
+
+STAMP_MODES = ('auto', 'now', 'recorded')
+
+
+def frame_to_msg(frame: ImageFrame, stamp_ns: int) -> Image:
+    """An rclpy ``sensor_msgs/Image`` from a frame's fields, with header stamp ``stamp_ns``."""
+    msg = Image()
+    sec, nanosec = divmod(int(stamp_ns), NS_PER_S)
+    msg.header.stamp = Time(sec=sec, nanosec=nanosec)
+    msg.header.frame_id = frame.frame_id
+    msg.height = int(frame.height)
+    msg.width = int(frame.width)
+    msg.encoding = frame.encoding
+    msg.is_bigendian = int(frame.is_bigendian)
+    msg.step = int(frame.step)
+    msg.data = frame.data.tobytes()
+    return msg
+
+
+class ImageSourceNode(Node):
+    """Publishes the frames of a ``FrameSource`` on ``image`` from a worker thread."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__('image_source', **kwargs)
+        p = self.declare_parameter
+        self.source_path = p('source', 'cifar10').value
+        split = p('split', 'test').value
+        limit = p('limit', 0).value
+        per_class = p('per_class', 0).value
+        bag_topic = p('bag_topic', '').value
+        self.rate_hz = float(p('rate_hz', 10.0).value)
+        self.rate_multiplier = float(p('rate_multiplier', 1.0).value)
+        self.loop = bool(p('loop', False).value)
+        frame_id = p('frame_id', '').value
+        encoding = p('encoding', '').value
+        self.stamp_mode = p('stamp', 'auto').value
+        self.wait_for_subscribers = int(p('wait_for_subscribers', 0).value)
+        self.wait_timeout_s = float(p('wait_timeout_s', 30.0).value)
+        self.start_delay_s = float(p('start_delay_s', 0.0).value)
+        depth = int(p('qos_depth', 10).value)
+        self.progress = bool(p('progress', False).value)
+        if self.stamp_mode not in STAMP_MODES:
+            raise ValueError(f'stamp must be one of {STAMP_MODES}, got {self.stamp_mode!r}')
+        check_rates(self.rate_hz, self.rate_multiplier)
+        self.frames = FrameSource(self.source_path, split=split, limit=limit or None,
+                                  per_class=per_class or None, topic=bag_topic or None,
+                                  encoding=encoding or None, frame_id=frame_id or None)
+        if self.rate_hz == 0 and not self.frames.is_bag:
+            raise ValueError(
+                f'rate_hz 0 (recorded timing) needs a rosbag2 source, got {self.source_path!r}')
+        if self.stamp_mode == 'recorded' and not self.frames.is_bag:
+            raise ValueError(f'stamp "recorded" needs a rosbag2 source, got {self.source_path!r}')
+        self.keep_stamps = self.frames.is_bag and self.stamp_mode != 'now'
+        qos = QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST,
+                         reliability=ReliabilityPolicy.RELIABLE)
+        self.publisher = self.create_publisher(Image, 'image', qos)
+        self.published = 0
+        self.done = threading.Event()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name='image_source', daemon=True)
+        timing = (f'{self.rate_hz:g} Hz' if self.rate_hz else
+                  f'recorded timing x{self.rate_multiplier:g}')
+        self.get_logger().info(
+            f'publishing {self.frames.count} frames from {self.source_path}'
+            f'{" topic " + self.frames.topic if self.frames.topic else ""} at {timing}'
+            f'{" (looping)" if self.loop else ""}')
+
+    def start(self) -> None:
+        """Start publishing (in a thread; ``done`` is set when finished)."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop publishing and wait for the worker."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception that ended publishing early, if any."""
+        return self._error
+
+    def _wait_for_subscribers(self) -> None:
+        deadline = time.monotonic() + self.wait_timeout_s
+        while self.publisher.get_subscription_count() < self.wait_for_subscribers:
+            if time.monotonic() > deadline:
+                self.get_logger().warning(
+                    f'only {self.publisher.get_subscription_count()} of '
+                    f'{self.wait_for_subscribers} subscribers after {self.wait_timeout_s:g} s; '
+                    'publishing anyway')
+                return
+            if self._stop.wait(0.05):
+                return
+
+    def _run(self) -> None:
+        bar = None
+        try:
+            self._wait_for_subscribers()
+            if self._stop.wait(self.start_delay_s):
+                return
+            if self.progress:
+                from tqdm import tqdm
+                bar = tqdm(total=None if self.loop else self.frames.count, unit='img',
+                           desc='image_source', file=sys.stderr)
+            while not self._stop.is_set():
+                self._publish_pass(bar)
+                if not self.loop:
+                    break
+        except Exception as e:  # noqa: BLE001 - reported by main() / the owner of the node
+            self._error = e
+            self.get_logger().error(f'image source failed: {e}')
+        finally:
+            if bar is not None:
+                bar.close()
+            self.done.set()
+
+    def _publish_pass(self, bar) -> None:
+        start = time.monotonic_ns()
+        first_log_ns = None
+        for frame in self.frames.frames():
+            if first_log_ns is None:
+                first_log_ns = frame.log_time_ns
+            due = start + publish_offset_ns(frame.index, frame.log_time_ns, first_log_ns,
+                                            self.rate_hz, self.rate_multiplier)
+            delay_s = (due - time.monotonic_ns()) / NS_PER_S
+            if delay_s > 0 and self._stop.wait(delay_s):
+                return
+            if self._stop.is_set():
+                return
+            stamp_ns = (frame.stamp_ns if self.keep_stamps else
+                        self.get_clock().now().nanoseconds)
+            self.publisher.publish(frame_to_msg(frame, stamp_ns))
+            self.published += 1
+            if bar is not None:
+                bar.update(1)
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Entry point of the ``image_source`` executable; returns when all frames are out."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = ImageSourceNode()
+        node.progress = node.progress or sys.stderr.isatty()
+        node.start()
+        while rclpy.ok() and not node.done.is_set():
+            rclpy.spin_once(node, timeout_sec=0.1)
+        if node.error is not None:
+            node.get_logger().error(f'{type(node.error).__name__}: {node.error}')
+            return 1
+        node.get_logger().info(f'published {node.published} frames')
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except (PlsError, ValueError, OSError) as e:
+        print(f'image_source: {e}', file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.stop()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""pls-eval: the paper's Table 1 for our weights -- accuracy and cost of PLS per keep ratio.
+
+Evaluates a model at a list of keep ratios on the shared CIFAR-10 tarball (test split) or an
+ImageFolder directory, optionally also with per-ratio BatchNorm recalibration, prints a
+Table-1-style table and writes table1.csv, table1.json and table1.png into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pls_perception import paths
+from pls_perception.bn_recalibration import calibration_images, recalibrate, save_bn_states
+from pls_perception.complexity import count_parameters
+from pls_perception.datasets import load_cifar10, load_image_folder
+from pls_perception.errors import PlsError
+from pls_perception.evaluation import (PAPER_FULL_ACCURACY, PAPER_TABLE1_PARAMS_M, RatioResult,
+                                       evaluate, measure_latency_ms)
+from pls_perception.skipping import Ratio, normalize_ratio
+from pls_perception.weights import LoadedModel, load_model
+
+DEFAULT_RATIOS = '1.0,0.9,0.8,0.7,0.5,0.3,0.1'
+COLUMNS = ('ratio', 'accuracy', 'accuracy_loss_pp', 'loss', 'accuracy_bn', 'accuracy_loss_bn_pp',
+           'loss_bn', 'params', 'params_m', 'paper_params_m', 'compression_pct', 'macs',
+           'latency_ms', 'n_images')
+
+
+def parse_ratios(text: str) -> list[Ratio]:
+    """'1.0,0.5' -> [1.0, 0.5]; an item 'a/b/c/d' is a per-stage ratio (one value per stage)."""
+    ratios: list[Ratio] = []
+    for item in (t.strip() for t in text.split(',') if t.strip()):
+        try:
+            values = tuple(float(v) for v in item.split('/'))
+        except ValueError as e:
+            raise ValueError(f'ratios must be numbers, got {item!r}') from e
+        ratios.append(normalize_ratio(values if len(values) > 1 else values[0], len(values)))
+    if not ratios:
+        raise ValueError(f'no ratios given, got {text!r}')
+    return ratios
+
+
+def _ratio_label(ratio: Ratio) -> str:
+    return '/'.join(f'{r:g}' for r in ratio) if isinstance(ratio, tuple) else f'{ratio:g}'
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='pls-eval', description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--weights', default=str(paths.reference_weights()),
+                        help="state_dict path, 'imagenet' or 'random'")
+    parser.add_argument('--arch', default='resnet152', help='torchvision architecture')
+    parser.add_argument('--num-classes', type=int, default=None,
+                        help='expected class count (default: read from the weights)')
+    parser.add_argument('--allow-random', action='store_true', help="permit --weights random")
+    parser.add_argument('--data', default=str(paths.cifar10_tar()),
+                        help='CIFAR-10 layout .tar.gz (test/<class>/*.jpg) or ImageFolder dir')
+    parser.add_argument('--split', default='test', choices=('test', 'train'),
+                        help='split inside the tarball')
+    parser.add_argument('--ratios', default=DEFAULT_RATIOS,
+                        help="comma-separated keep ratios; 'a/b/c/d' = per-stage ratio")
+    parser.add_argument('--limit', type=int, default=None,
+                        help='evaluate N images, balanced over classes (default: all)')
+    parser.add_argument('--batch-size', type=int, default=100)
+    parser.add_argument('--bn-recalibration', type=int, default=0, metavar='N',
+                        help='also evaluate with BatchNorm stats re-estimated per ratio on N '
+                             'CIFAR-10 train images (0: off)')
+    parser.add_argument('--bn-only', action='store_true',
+                        help='with --bn-recalibration: skip the trained-BN evaluation (and the '
+                             'ratio 1.0 reference unless listed), e.g. to split a long run')
+    parser.add_argument('--bn-batch-size', type=int, default=64)
+    parser.add_argument('--calibration-data', default=str(paths.cifar10_tar()),
+                        help='CIFAR-10 tarball whose train split feeds the recalibration')
+    parser.add_argument('--latency-runs', type=int, default=20,
+                        help='bs=1 forward passes timed per ratio (0: skip)')
+    parser.add_argument('--threads', type=int, default=None, help='torch intra-op threads')
+    parser.add_argument('--out', default='out/eval', help='output directory')
+    parser.add_argument('--no-progress', action='store_true', help='hide progress bars')
+    return parser
+
+
+def _load_data(args: argparse.Namespace, loaded: LoadedModel) -> tuple:
+    data = Path(args.data)
+    n_classes = loaded.num_classes
+    if data.is_dir():
+        n_classes = max(1, sum(1 for p in data.iterdir() if p.is_dir()))
+    per_class = math.ceil(args.limit / n_classes) if args.limit else None
+    if data.is_dir():
+        prep = loaded.preprocessing
+        side = prep.resize_size
+        size = (side, side) if side is not None else prep.input_size
+        return load_image_folder(data, size=size, limit=args.limit, per_class=per_class,
+                                 class_names=loaded.class_names)
+    return load_cifar10(data, split=args.split, limit=args.limit, per_class=per_class)
+
+
+def build_rows(plain: dict[Ratio, RatioResult], recalibrated: dict[Ratio, RatioResult] | None,
+               latency_ms: dict[Ratio, float | None], paper: bool,
+               full_params: int) -> list[dict]:
+    """Table rows, one per ratio of ``recalibrated`` (else ``plain``); accuracy loss in
+    percentage points relative to ratio 1.0 with the trained BatchNorm statistics."""
+    base = plain.get(1.0)
+    rows = []
+    for ratio, bn in (recalibrated or plain).items():
+        result = plain.get(ratio)
+        bn = bn if recalibrated is not None else None
+        rows.append({
+            'ratio': _ratio_label(ratio),
+            'accuracy': result.accuracy if result else None,
+            'accuracy_loss_pp': (base.accuracy - result.accuracy) * 100 if result and base
+            else None,
+            'loss': result.loss if result else None,
+            'accuracy_bn': bn.accuracy if bn else None,
+            'accuracy_loss_bn_pp': (base.accuracy - bn.accuracy) * 100 if bn and base
+            else None,
+            'loss_bn': bn.loss if bn else None,
+            'params': (result or bn).params,
+            'params_m': (result or bn).params / 1e6,
+            'paper_params_m': PAPER_TABLE1_PARAMS_M.get(ratio) if paper else None,
+            'compression_pct': (1 - (result or bn).params / full_params) * 100,
+            'macs': (result or bn).macs,
+            'latency_ms': latency_ms.get(ratio),
+            'n_images': (result or bn).n_images,
+        })
+    return rows
+
+
+def _fmt(value: object, spec: str) -> str:
+    return '-' if value is None else format(value, spec)
+
+
+def format_table(rows: list[dict]) -> str:
+    header = (f'{"ratio":>15} {"acc%":>7} {"loss pp":>8} {"CE":>6} {"acc%BN":>7} {"loss pp":>8} '
+              f'{"CE BN":>6} {"params M":>9} {"paper M":>8} {"compr%":>7} {"MMACs":>8} '
+              f'{"bs1 ms":>7}')
+    lines = [header, '-' * len(header)]
+    for row in rows:
+        pct = {k: row[k] * 100 if row[k] is not None else None
+               for k in ('accuracy', 'accuracy_bn')}
+        lines.append(
+            f'{row["ratio"]:>15} {_fmt(pct["accuracy"], ".2f"):>7} '
+            f'{_fmt(row["accuracy_loss_pp"], ".2f"):>8} {_fmt(row["loss"], ".3f"):>6} '
+            f'{_fmt(pct["accuracy_bn"], ".2f"):>7} {_fmt(row["accuracy_loss_bn_pp"], ".2f"):>8} '
+            f'{_fmt(row["loss_bn"], ".3f"):>6} {row["params_m"]:>9.2f} '
+            f'{_fmt(row["paper_params_m"], ".2f"):>8} {row["compression_pct"]:>7.2f} '
+            f'{row["macs"] / 1e6:>8.1f} {_fmt(row["latency_ms"], ".1f"):>7}')
+    return '\n'.join(lines)
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if '/' not in r['ratio']]
+    x = [float(r['ratio']) for r in rows]
+    fig, (ax_acc, ax_par) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for key, style, label in (('accuracy', 'o-', 'PLS (trained BN stats)'),
+                              ('accuracy_bn', 's-', 'PLS + per-ratio BN recalibration')):
+        points = [(xi, r[key] * 100) for xi, r in zip(x, rows) if r[key] is not None]
+        if points:
+            ax_acc.plot(*zip(*points), style, label=label)
+    ax_acc.set(xlabel='keep ratio r', ylabel='top-1 accuracy (%)', title='Accuracy vs ratio')
+    ax_acc.grid(alpha=0.3)
+    ax_acc.legend()
+    ax_par.plot(x, [r['params_m'] for r in rows], 'o-', label='ours (ceil(r*n) per stage)')
+    paper = [(xi, r['paper_params_m']) for xi, r in zip(x, rows) if r['paper_params_m']]
+    if paper:
+        ax_par.plot(*zip(*paper), 'x--', label='paper Table 1')
+    ax_mac = ax_par.twinx()
+    ax_mac.plot(x, [r['macs'] / 1e6 for r in rows], '^:', color='tab:green', label='MMACs')
+    ax_mac.set_ylabel('MMACs per image')
+    ax_par.set(xlabel='keep ratio r', ylabel='active parameters (M)',
+               title='Parameters and MACs vs ratio')
+    ax_par.grid(alpha=0.3)
+    handles = ax_par.get_legend_handles_labels()
+    more = ax_mac.get_legend_handles_labels()
+    ax_par.legend(handles[0] + more[0], handles[1] + more[1], loc='upper left')
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    progress = not args.no_progress
+    ratios = parse_ratios(args.ratios)
+    if args.bn_only and not args.bn_recalibration:
+        raise ValueError('--bn-only needs --bn-recalibration N > 0')
+    if 1.0 not in ratios and not args.bn_only:
+        ratios.insert(0, 1.0)   # the reference for the accuracy loss
+    started = time.time()
+    loaded = load_model(args.weights, args.arch, args.num_classes, args.allow_random)
+    model = loaded.model
+    images, labels, _ = _load_data(args, loaded)
+    print(f'{len(images)} images from {args.data}; weights {loaded.source}', file=sys.stderr)
+    plain_ratios = [r for r in ratios if r == 1.0] if args.bn_only else ratios
+    plain = {r.ratio: r for r in evaluate(model, images, labels, plain_ratios, args.batch_size,
+                                          progress, loaded.preprocessing)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    recalibrated = None
+    if args.bn_recalibration:
+        calibration = calibration_images(args.bn_recalibration, args.calibration_data)
+        updated = recalibrate(model, calibration, ratios, args.bn_batch_size,
+                              loaded.preprocessing, progress)
+        save_bn_states(model, out / 'bn_states.pt')
+        changed = [r for r in ratios if updated[r] or r not in plain]
+        fresh = {r.ratio: r for r in evaluate(model, images, labels, changed, args.batch_size,
+                                              progress, loaded.preprocessing)}
+        recalibrated = {r: fresh[r] if r in fresh else plain[r] for r in ratios}
+    latency = {}
+    input_size = loaded.preprocessing.input_size
+    for ratio in ratios:
+        latency[ratio] = (measure_latency_ms(model, input_size, ratio, args.latency_runs)
+                          if args.latency_runs > 0 else None)
+    is_paper_model = args.arch == 'resnet152' and loaded.num_classes == 10
+    rows = build_rows(plain, recalibrated, latency, is_paper_model,
+                      count_parameters(model, 1.0))
+    table = format_table(rows)
+    print(table)
+    with open(out / 'table1.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {
+        'weights': loaded.source, 'weights_sha256': loaded.sha256, 'arch': args.arch,
+        'num_classes': loaded.num_classes, 'data': str(args.data), 'split': args.split,
+        'n_images': len(images), 'bn_recalibration_images': args.bn_recalibration,
+        'batch_size': args.batch_size, 'torch_threads': torch.get_num_threads(),
+        'latency_runs': args.latency_runs, 'input_size': list(input_size),
+        'paper_full_accuracy': PAPER_FULL_ACCURACY if is_paper_model else None,
+        'compression_definition': 'percent of the full model parameters removed',
+        'accuracy_loss_definition': 'percentage points below ratio 1.0 (trained BN stats)',
+        'elapsed_s': time.time() - started, 'rows': rows,
+    }
+    (out / 'table1.json').write_text(json.dumps(summary, indent=2) + '\n')
+    plot(rows, out / 'table1.png',
+         f'{args.arch} PLS on {len(images)} images ({Path(args.data).name})')
+    print(f'wrote {out / "table1.csv"}, {out / "table1.json"}, {out / "table1.png"}',
+          file=sys.stderr)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (PlsError, ValueError, FileNotFoundError) as e:
+        print(f'pls-eval: error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""pls-profile: measure an operating-point profile of this machine (latency per ratio x frequency).
+
+Latency: batch-1 inference per keep ratio (warm-up, then the median of ``--repeats`` runs) through
+the chosen inference engine. With a real DVFS backend every frequency is set and measured
+('measured'); with the simulated backend the machine runs at its own clock, which is taken as the
+reference (highest) frequency of the list, and the other frequencies are derived by the rule
+t(r,f) = t(r,f_ref) * f_ref / f ('scaled').
+Power: from a power model: another profile's (``--power-from``, default the shipped Orin Nano CPU
+profile) or explicit two-zone coefficients (``--power-model``): always 'modelled'.
+Accuracy: a JSON file (``--accuracy``) or a CIFAR-10 evaluation of ``--accuracy-images`` images
+through pls_perception.evaluation ('measured').
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pls_perception import paths
+from pls_perception.dvfs import BACKEND_NAMES, DvfsBackend, get_backend
+from pls_perception.engines import ENGINE_NAMES, InferenceEngine, make_engine
+from pls_perception.errors import PlsError
+from pls_perception.power_model import TwoZonePowerModel
+from pls_perception.profiles import (SCALING_RULE, OperatingPointProfile, load_profile,
+                                     resolve_profile_path, save_profile)
+
+DEFAULT_RATIOS = '0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0'
+
+
+def parse_floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(',') if v.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f'expected comma-separated numbers, got {text!r}') from e
+    if not values:
+        raise argparse.ArgumentTypeError(f'expected at least one number, got {text!r}')
+    return values
+
+
+def measure_engine_latency_ms(engine: InferenceEngine, batch: np.ndarray, ratio: float,
+                              repeats: int, warmup: int,
+                              clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median bs=1 latency of ``engine.infer`` at ``ratio`` after ``warmup`` untimed runs."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f'need repeats >= 1 and warmup >= 0, got {repeats!r}, {warmup!r}')
+    engine.set_keep_ratio(ratio)
+    for _ in range(warmup):
+        engine.infer(batch)
+    samples = []
+    for _ in range(repeats):
+        t0 = clock()
+        engine.infer(batch)
+        samples.append((clock() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+def measure_latency_grid(engine: InferenceEngine, batch: np.ndarray, ratios: Sequence[float],
+                         backend: DvfsBackend, frequencies_mhz: Sequence[float], repeats: int,
+                         warmup: int, progress: bool = True,
+                         clock: Callable[[], float] = time.perf_counter
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Latency [R, F] and its sources: every cell measured on a real backend; on a simulated one
+    only the reference (highest) frequency is measured and the rest scaled."""
+    freqs = np.asarray(frequencies_mhz, dtype=float)
+    sweep = list(freqs) if backend.is_real else [float(freqs.max())]
+    latency = np.zeros((len(ratios), freqs.size))
+    sources = np.full(latency.shape, 'scaled', dtype=object)
+    bar = tqdm(total=len(sweep) * len(ratios), desc='profiling', unit='point',
+               disable=not progress)
+    try:
+        for f in sweep:
+            fi = int(np.argmin(np.abs(freqs - f)))
+            if backend.is_real:
+                backend.set_frequency_mhz(f)
+            for ri, r in enumerate(ratios):
+                latency[ri, fi] = measure_engine_latency_ms(engine, batch, r, repeats, warmup,
+                                                             clock)
+                sources[ri, fi] = 'measured'
+                bar.update(1)
+    finally:
+        bar.close()
+        if backend.is_real:
+            backend.reset()
+    if not backend.is_real:
+        ref = latency[:, -1].copy()
+        latency[:, :] = ref[:, None] * (freqs[-1] / freqs)[None, :]
+    return latency, sources
+
+
+def load_accuracy_file(path: str | Path) -> dict[float, float]:
+    """{'accuracy': {ratio: top1}} or rows [{'ratio': r, 'accuracy': a}, ...] (top-level list,
+    or under 'results'/'rows')."""
+    data: Any = json.loads(Path(path).read_text())
+    if isinstance(data, dict) and isinstance(data.get('accuracy'), dict):
+        return {float(k): float(v) for k, v in data['accuracy'].items()}
+    rows = data.get('results', data.get('rows')) if isinstance(data, dict) else data
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected {{'accuracy': {{ratio: value}}}} or a list of rows")
+    return {float(row['ratio']): float(row['accuracy']) for row in rows
+            if isinstance(row.get('ratio'), (int, float))}
+
+
+def evaluate_accuracy(loaded: Any, ratios: Sequence[float], n_per_class: int
+                      ) -> dict[float, float]:
+    from pls_perception.datasets import load_cifar10
+    from pls_perception.evaluation import evaluate
+    images, labels, _ = load_cifar10(paths.cifar10_tar(), split='test', per_class=n_per_class)
+    results = evaluate(loaded.model, images, labels, ratios, batch_size=50, progress=True,
+                       preprocessing=loaded.preprocessing)
+    return {float(r.ratio): r.accuracy for r in results}
+
+
+def power_model_from(args: argparse.Namespace) -> tuple[TwoZonePowerModel, str]:
+    if args.power_model:
+        p_static, c, knee = args.power_model
+        return (TwoZonePowerModel(p_static_w=p_static, c_w_per_mhz=c, f_knee_mhz=knee),
+                'given on the command line')
+    path = resolve_profile_path(args.power_from)
+    prof = load_profile(path)
+    if prof.power_model is None:
+        raise ValueError(f'{path} has no power model; pass --power-model P_STATIC C KNEE')
+    return prof.power_model, f'power model of {path.name} ({prof.device_name})'
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo when available (Linux), else platform.machine()."""
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.lower().startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='pls-profile', description=__doc__.split('\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split('\n', 1)[1])
+    parser.add_argument('--weights', default=None,
+                        help='state_dict path | imagenet | random (default: shared reference)')
+    parser.add_argument('--arch', default='resnet152', help='torchvision ResNet name')
+    parser.add_argument('--engine', choices=ENGINE_NAMES, default='torch')
+    parser.add_argument('--ratios', type=parse_floats, default=parse_floats(DEFAULT_RATIOS))
+    parser.add_argument('--backend', choices=BACKEND_NAMES, default='auto')
+    parser.add_argument('--sysfs-root', default='/')
+    parser.add_argument('--frequencies', type=parse_floats, default=None,
+                        help='MHz list (default: the backend\'s; simulated = Orin Nano CPU)')
+    parser.add_argument('--repeats', type=int, default=20, help='timed runs per point (median)')
+    parser.add_argument('--warmup', type=int, default=3, help='untimed runs per point')
+    parser.add_argument('--threads', type=int, default=1, help='torch intra-op threads')
+    parser.add_argument('--power-from', default='orin_nano_cpu',
+                        help='profile whose power model is used (default orin_nano_cpu)')
+    parser.add_argument('--power-model', type=float, nargs=3, default=None,
+                        metavar=('P_STATIC_W', 'C_W_PER_MHZ', 'F_KNEE_MHZ'))
+    acc = parser.add_mutually_exclusive_group(required=True)
+    acc.add_argument('--accuracy', help="JSON of top-1 per ratio (e.g. from pls-eval)")
+    acc.add_argument('--accuracy-images', type=int, metavar='PER_CLASS',
+                     help='evaluate this many CIFAR-10 test images per class')
+    parser.add_argument('--device-name', default=None,
+                        help='default: the CPU model name from /proc/cpuinfo')
+    parser.add_argument('--kind', choices=('cpu', 'gpu'), default='cpu')
+    parser.add_argument('--out', required=True, help='output profile YAML')
+    parser.add_argument('--no-progress', action='store_true')
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        from pls_perception.weights import load_model
+        weights = args.weights or str(paths.reference_weights())
+        # random weights are fine for timing; their accuracy must then come from --accuracy
+        loaded = load_model(weights, arch=args.arch, allow_random=weights == 'random')
+        ratios = sorted(args.ratios)
+        accuracy = (load_accuracy_file(args.accuracy) if args.accuracy
+                    else evaluate_accuracy(loaded, ratios, args.accuracy_images))
+        missing = [r for r in ratios if r not in accuracy]
+        if missing:
+            raise ValueError(f'no accuracy for ratios {missing!r}')
+        model, power_note = power_model_from(args)
+        backend = get_backend(args.backend, sysfs_root=args.sysfs_root,
+                              **({'frequencies_mhz': args.frequencies}
+                                 if args.backend == 'simulated' and args.frequencies else {}))
+        freqs = sorted(args.frequencies or backend.available_frequencies_mhz())
+        engine = make_engine(args.engine, loaded)
+        h, w = loaded.preprocessing.input_size
+        batch = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
+        latency, lat_src = measure_latency_grid(engine, batch, ratios, backend, freqs,
+                                                args.repeats, args.warmup,
+                                                progress=not args.no_progress)
+        engine.close()
+    except (PlsError, ValueError, OSError) as e:
+        print(f'pls-profile: error: {e}', file=sys.stderr)
+        return 2
+    rule = SCALING_RULE if not backend.is_real else 'all entries measured (real DVFS sweep)'
+    profile = OperatingPointProfile(
+        device_name=args.device_name or f'{cpu_name()} ({platform.node()})',
+        device_kind=args.kind, ratios=ratios,
+        frequencies_mhz=freqs, accuracy=[accuracy[r] for r in ratios], latency_ms=latency,
+        power_w=model.power_w(np.asarray(freqs)), power_model=model,
+        reference_frequency_mhz=float(max(freqs)),
+        sources={'accuracy': 'measured', 'latency_ms': lat_src, 'power_w': 'modelled'},
+        latency_rule=rule,
+        model={'arch': loaded.model.__class__.__name__, 'weights': loaded.source,
+               'sha256': loaded.sha256, 'engine': engine.name,
+               'input_size': [int(h), int(w)], 'batch_size': 1, 'torch_threads': args.threads,
+               'repeats': args.repeats, 'warmup': args.warmup, 'dvfs_backend': backend.name},
+        notes=(
+            f'Latency measured with pls-profile on {platform.node()} ({cpu_name()}), '
+            f'DVFS backend {backend.name} ({"real" if backend.is_real else "simulated"}).'
+            + ('' if backend.is_real else
+               f' The machine ran at its own clock, taken as f_ref = {max(freqs):g} MHz; other '
+               f'frequencies follow {SCALING_RULE}.'),
+            f'Power is modelled: {power_note}.',
+            'Accuracy: ' + (f'from {args.accuracy}' if args.accuracy else
+                            f'CIFAR-10 test, {args.accuracy_images} images per class')))
+    print(save_profile(profile, args.out))
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""bench/run_all.py: discovers and runs benchmark scripts and tabulates their results."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parents[2] / 'bench'
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f'_bench_{name}', BENCH_DIR / f'{name}.py')
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+run_all = _load('run_all')
+results = _load('_results')
+
+GOOD_BENCH = '''
+import json, pathlib
+out = pathlib.Path(__file__).parent / 'results'
+out.mkdir(exist_ok=True)
+(out / 'bench_good.json').write_text(json.dumps({
+    'benchmark': 'bench_good', 'notes': ['shared machine'],
+    'metrics': [{'name': 'overhead', 'value': 4.25, 'unit': '%', 'target': '< 10 %',
+                 'met': True}]}))
+'''
+
+
+def test_metric_computes_met_from_target() -> None:
+    assert results.metric('a', 5.0, 'ms', target_max=10)['met'] is True
+    assert results.metric('a', 12.0, 'ms', target_max=10)['met'] is False
+    assert results.metric('a', 2.0, 'x', target_min=3)['met'] is False
+    assert results.metric('a', None, 'ms', target_max=10)['met'] is False
+    row = results.metric('a', 1.0, 'ms')
+    assert row['met'] is None and row['target'] is None
+
+
+def test_write_result_round_trips(tmp_path: Path) -> None:
+    path = results.write_result('x', [results.metric('m', 1.5, 'ms', target_max=2)],
+                                notes=['n'], machine={'cpu_count': 2}, results_dir=tmp_path)
+    doc = json.loads(path.read_text())
+    assert doc['benchmark'] == 'x' and doc['metrics'][0]['met'] is True
+    assert doc['notes'] == ['n'] and doc['machine'] == {'cpu_count': 2}
+
+
+def test_runs_every_script_and_writes_summary(tmp_path: Path) -> None:
+    (tmp_path / 'bench_good.py').write_text(GOOD_BENCH)
+    (tmp_path / 'bench_bad.py').write_text('raise SystemExit(3)\n')
+    (tmp_path / '_helper.py').write_text('raise SystemExit("helpers must not run")\n')
+    (tmp_path / 'results').mkdir()
+    (tmp_path / 'results' / 'foreign.json').write_text(json.dumps({'speedup': 2.5, 'x': 'y'}))
+
+    rc = run_all.main(['--bench-dir', str(tmp_path), '--timeout-s', '60'])
+
+    assert rc == 1  # bench_bad failed
+    summary = (tmp_path / 'results' / 'summary.md').read_text()
+    assert '| bench_good | overhead | 4.25 | % | < 10 % | yes |' in summary
+    assert '| foreign | speedup | 2.5 |' in summary
+    assert '**bench_bad failed** (exit code 3)' in summary
+    assert 'helpers must not run' not in summary
+    assert '  - shared machine' in summary
+
+
+def test_collect_only_does_not_run(tmp_path: Path) -> None:
+    (tmp_path / 'bench_bad.py').write_text('raise SystemExit(3)\n')
+    assert run_all.main(['--bench-dir', str(tmp_path), '--collect-only']) == 0
+    assert (tmp_path / 'results' / 'summary.md').read_text().startswith('| Benchmark |')
+
+
+def test_only_rejects_unknown_names(tmp_path: Path) -> None:
+    (tmp_path / 'bench_good.py').write_text(GOOD_BENCH)
+    with pytest.raises(ValueError, match='nope'):
+        run_all.discover(tmp_path, ['nope'])
+    assert [p.stem for p in run_all.discover(tmp_path, ['bench_good'])] == ['bench_good']
+
+
+def test_unreadable_results_file_is_reported(tmp_path: Path) -> None:
+    (tmp_path / 'broken.json').write_text('{not json')
+    summary = run_all.render_summary(run_all.load_results(tmp_path))
+    assert '| broken | (error) | unreadable results file' in summary

@@ -1,0 +1,333 @@
+"""DVFS manager node over real rclpy/DDS: budgets in, atomic parameter updates out.
+
+The target is a small real rclpy node standing in for the perception node (same node name,
+parameters keep_ratio / frequency_mhz, ~/classification JSON with the measured latency): it can
+be told to reject updates and to run slower than the profile, which the real network cannot be
+made to do on demand. The real perception node is driven by the manager in test_demo.py.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy')
+
+from rcl_interfaces.msg import SetParametersResult  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from std_msgs.msg import Float64, String  # noqa: E402
+
+from pls_perception.nodes.dvfs_manager_node import DvfsManagerNode  # noqa: E402
+from pls_perception.profiles import OperatingPointProfile, save_profile  # noqa: E402
+
+RATIOS = (0.25, 0.5, 0.75, 1.0)
+FREQS_MHZ = (500.0, 1000.0, 1500.0)
+ACCURACY = (0.70, 0.78, 0.80, 0.81)          # loss <= 0.05 leaves ratios 0.5, 0.75, 1.0
+LATENCY_MS = np.array([[10.0, 20.0, 30.0, 40.0]]).T * (1500.0 / np.array(FREQS_MHZ))[None, :]
+TARGET = 'pls_perception_node'
+
+
+def _profile() -> OperatingPointProfile:
+    return OperatingPointProfile(
+        device_name='test grid', device_kind='cpu', ratios=RATIOS, frequencies_mhz=FREQS_MHZ,
+        accuracy=ACCURACY, latency_ms=LATENCY_MS, power_w=(1.0, 3.0, 8.0),
+        sources={'accuracy': 'modelled', 'latency_ms': 'modelled', 'power_w': 'modelled'},
+        reference_frequency_mhz=1500.0)
+
+
+class TargetNode(Node):
+    """A real rclpy node with the perception node's control surface (not a mock of rclpy)."""
+
+    def __init__(self, context: Any) -> None:
+        super().__init__(TARGET, context=context)
+        self.declare_parameter('keep_ratio', 1.0)
+        self.declare_parameter('frequency_mhz', 0.0)
+        self.reject_reason = ''
+        self.slowdown = 1.0
+        self.requests: list[dict[str, float]] = []
+        self.add_on_set_parameters_callback(self._on_set)
+        self._pub = self.create_publisher(String, '~/classification', 10)
+        self.create_timer(0.05, self._publish)
+
+    def _on_set(self, params: list[Parameter]) -> SetParametersResult:
+        self.requests.append({p.name: p.value for p in params})
+        if self.reject_reason:
+            return SetParametersResult(successful=False, reason=self.reject_reason)
+        return SetParametersResult(successful=True)
+
+    def point(self) -> tuple[float, float]:
+        return (self.get_parameter('keep_ratio').value,
+                self.get_parameter('frequency_mhz').value)
+
+    def _publish(self) -> None:
+        r, f = self.point()
+        fi = FREQS_MHZ.index(f) if f else -1     # 0 = processor left alone: at its maximum
+        latency_ms = LATENCY_MS[RATIOS.index(r), fi] * self.slowdown
+        self._pub.publish(String(data=json.dumps(
+            {'latency_ms': latency_ms, 'keep_ratio': r, 'frequency_mhz': f})))
+
+
+class Graph:
+    """Manager + target + a probe in one process, spun by a background executor."""
+
+    def __init__(self, profile_path: Path, **overrides: Any) -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        # Single-threaded, as in dvfs_manager_node.main().
+        self.executor = SingleThreadedExecutor(context=self.context)
+        params = {'profile': str(profile_path), 'objective': 'energy', 'hysteresis': 0.0,
+                  'accuracy_loss_max': 0.05, 'retry_initial_s': 0.2, 'retry_max_s': 0.8,
+                  'resolve_period_s': 0.2, **overrides}
+        self.manager = DvfsManagerNode(
+            context=self.context,
+            parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+        self.probe = Node('manager_probe', context=self.context)
+        self.points: list[dict[str, Any]] = []
+        self.probe.create_subscription(String, '/dvfs_manager/operating_point',
+                                       lambda m: self.points.append(json.loads(m.data)), 10)
+        self._budget_pub = self.probe.create_publisher(Float64, '/latency_budget', 10)
+        self.target: TargetNode | None = None
+        for node in (self.manager, self.probe):
+            self.executor.add_node(node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def start_target(self) -> TargetNode:
+        self.target = TargetNode(self.context)
+        self.executor.add_node(self.target)
+        return self.target
+
+    def stop_target(self) -> None:
+        assert self.target is not None
+        self.executor.remove_node(self.target)
+        self.target.destroy_node()
+        self.target = None
+
+    def budget(self, budget_ms: float) -> None:
+        wait_until(lambda: self._budget_pub.get_subscription_count() > 0, 10.0)
+        self._budget_pub.publish(Float64(data=budget_ms))
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        for node in (self.manager, self.probe, self.target):
+            if node is not None:
+                node.destroy_node()
+        rclpy.shutdown(context=self.context)
+        self._thread.join(5.0)
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.fixture
+def profile_path(tmp_path: Path) -> Path:
+    return save_profile(_profile(), tmp_path / 'grid.yaml')
+
+
+@pytest.fixture
+def graph(profile_path: Path) -> Iterator[Graph]:
+    g = Graph(profile_path)
+    yield g
+    g.close()
+
+
+@pytest.fixture
+def open_loop(profile_path: Path) -> Iterator[Graph]:
+    g = Graph(profile_path, closed_loop=False)
+    yield g
+    g.close()
+
+
+def _target_at(g: Graph, point: tuple[float, float], timeout_s: float = 10.0) -> bool:
+    return wait_until(lambda: g.target is not None and g.target.point() == point, timeout_s)
+
+
+@pytest.mark.timeout(60)
+def test_budgets_in_atomic_updates_out(open_loop: Graph) -> None:
+    g = open_loop
+    target = g.start_target()
+    for budget_ms, point in ((100.0, (0.5, 500.0)), (40.0, (0.5, 1000.0)),
+                             (25.0, (0.5, 1500.0)), (100.0, (0.5, 500.0))):
+        g.budget(budget_ms)
+        assert _target_at(g, point), (budget_ms, target.point(), target.requests[-3:])
+        assert wait_until(lambda: g.points and g.points[-1]['budget_ms'] == budget_ms, 5.0)
+        latest = g.points[-1]
+        assert (latest['keep_ratio'], latest['freq_mhz']) == point
+        assert latest['feasible'] and latest['latency_ms'] <= budget_ms
+        assert latest['energy_mj'] > 0 and latest['edp'] > 0
+    # Each update carried both parameters in one request (SetParametersAtomically).
+    assert target.requests and all(set(r) == {'keep_ratio', 'frequency_mhz'}
+                                   for r in target.requests)
+
+
+@pytest.mark.timeout(60)
+def test_infeasible_and_invalid_budgets(open_loop: Graph) -> None:
+    g = open_loop
+    g.start_target()
+    g.budget(10.0)        # nothing meets 10 ms at accuracy loss <= 0.05
+    assert _target_at(g, (0.5, 1500.0))
+    assert wait_until(lambda: g.points and g.points[-1]['budget_ms'] == 10.0, 5.0)
+    assert not g.points[-1]['feasible'] and 'infeasible' in g.points[-1]['reason']
+    n_points = len(g.points)
+    for bad in (float('nan'), float('inf'), 0.0, -5.0):
+        g.budget(bad)
+    assert wait_until(lambda: g.manager.stats['budgets_rejected'] == 4, 5.0)
+    time.sleep(0.3)
+    assert g.manager.budget_ms == 10.0 and len(g.points) == n_points
+    assert g.target is not None and g.target.point() == (0.5, 1500.0)
+
+
+@pytest.mark.timeout(60)
+def test_rejected_updates_are_retried_with_backoff(open_loop: Graph) -> None:
+    g = open_loop
+    target = g.start_target()
+    target.reject_reason = 'not now'
+    g.budget(40.0)
+    assert wait_until(lambda: g.manager.stats['updates_failed'] >= 3, 10.0)
+    assert 'not now' in g.manager.last_failure
+    attempts = len(target.requests)
+    time.sleep(1.6)
+    # Back-off doubles up to retry_max_s = 0.8 s: a couple of retries, not one per 0.1 s tick.
+    assert 1 <= len(target.requests) - attempts <= 4
+    assert target.point() == (1.0, 0.0)
+    target.reject_reason = ''
+    assert _target_at(g, (0.5, 1000.0))
+
+
+@pytest.mark.timeout(60)
+def test_target_absent_then_present_then_restarted(open_loop: Graph) -> None:
+    g = open_loop
+    g.budget(40.0)
+    assert wait_until(lambda: bool(g.points), 5.0)
+    assert not g.points[-1]['target_available'] and not g.points[-1]['applied']
+    time.sleep(0.5)
+    assert g.manager.stats['updates_sent'] == 0
+    g.start_target()
+    assert _target_at(g, (0.5, 1000.0))
+    g.budget(25.0)
+    assert _target_at(g, (0.5, 1500.0))
+    # The perception node restarts with its defaults (too fast for the service to be seen
+    # gone): its classifications report another point, so the latest one is applied again.
+    g.stop_target()
+    g.start_target()
+    assert _target_at(g, (0.5, 1500.0))
+    # Gone for a while (seen as gone through service availability), then back.
+    g.stop_target()
+    assert wait_until(lambda: not g.manager.target_available, 10.0)
+    g.budget(40.0)
+    g.start_target()
+    assert _target_at(g, (0.5, 1000.0))
+
+
+@pytest.mark.timeout(90)
+def test_closed_loop_correction_under_injected_slowdown(graph: Graph) -> None:
+    g = graph
+    target = g.start_target()
+    g.budget(70.0)
+    assert _target_at(g, (0.5, 500.0))         # 60 ms predicted: the cheapest in budget
+    target.slowdown = 2.5                       # 150 ms measured: the budget is missed
+    # The manager learns the slowdown and moves to a point that meets 70 ms for real
+    # (0.5 @ 1500 MHz: 20 ms * 2.5 = 50 ms).
+    assert _target_at(g, (0.5, 1500.0), timeout_s=15.0)
+    assert g.manager.correction.global_factor > 2.0
+    latest = g.points[-1]
+    assert latest['feasible'] and latest['latency_ms'] <= 70.0
+    assert latest['correction_factor'] > 2.0
+    target.slowdown = 1.0                       # contention over: back to the cheap point
+    assert _target_at(g, (0.5, 500.0), timeout_s=20.0)
+
+
+@pytest.mark.timeout(60)
+def test_main_exits_cleanly_on_a_missing_profile(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, '-m', 'pls_perception.nodes.dvfs_manager_node', '--ros-args', '-p',
+         f'profile:={tmp_path / "missing.yaml"}'], capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 1
+    assert 'missing.yaml' in proc.stderr + proc.stdout
+    assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.timeout(300)
+def test_whole_graph_budget_step_loose_tight_loose(tmp_path: Path) -> None:
+    """perception_node, dvfs_manager and image_source as processes over DDS; this test is the
+    planner publishing /latency_budget. The tight budget is derived from the latency measured
+    at the loose point, so the step means the same on an idle and on a loaded machine."""
+    from pls_perception import paths
+    from pls_perception.nodes.graph_probe import (MANAGER_MODULE, PERCEPTION_MODULE,
+                                                  probe_session, running_node)
+    from pls_perception.optimizer import solve
+    from pls_perception.profiles import load_profile
+    from pls_perception.nodes.dvfs_manager_node import default_profile_path
+    from pls_perception.tools.demo import generate_frames
+
+    loose_ms = 1e4
+    loose = solve(load_profile(default_profile_path()), loose_ms, 0.05)
+    weights = paths.reference_weights()
+    images = paths.cifar10_tar()
+    perception = {'weights': str(weights) if weights.is_file() else 'random',
+                  'dvfs_backend': 'simulated', 'num_threads': 1, 'warmup_frames': 1}
+    source = {'source': str(images) if images.is_file() else
+              str(generate_frames(tmp_path / 'frames', 10)),
+              'per_class': 2, 'rate_hz': 10.0, 'loop': True}
+    with probe_session() as probe, \
+            running_node(PERCEPTION_MODULE, perception, tmp_path, activate_with=probe), \
+            running_node(MANAGER_MODULE, {'accuracy_loss_max': 0.05}, tmp_path), \
+            running_node('pls_perception.nodes.image_source_node', source, tmp_path):
+        def frames_after(start: int, n: int, timeout_s: float) -> list[dict[str, Any]]:
+            assert wait_until(lambda: len(probe.classifications) >= start + n, timeout_s), \
+                f'fewer than {n} classifications within {timeout_s} s'
+            return [r.data for r in probe.classifications.items[start:start + n]]
+
+        points: list[dict[str, Any]] = []
+        probe.create_subscription(String, '/dvfs_manager/operating_point',
+                                  lambda m: points.append(json.loads(m.data)), 10)
+        assert wait_until(lambda: probe.budget_pub.get_subscription_count() >= 2, 60.0)
+        probe.publish_budget(loose_ms)
+        at_loose = probe.classifications.wait_for(
+            lambda r: r.data['frequency_mhz'] == loose.freq_mhz, 120.0)
+        assert at_loose is not None, 'the loose operating point was never applied'
+        start = probe.classifications.items.index(at_loose)
+        loose_frames = frames_after(start, 5, 120.0)
+        loose_latency_ms = float(np.median([f['latency_ms'] for f in loose_frames]))
+        # At f_max the emulated latency is f_loose/f_max of this: half of it is a budget the
+        # loose point misses and the fast points meet.
+        tight_ms = 0.5 * loose_latency_ms
+
+        start = len(probe.classifications)
+        tight_points = len(points)
+        probe.publish_budget(tight_ms)
+        tight_frames = frames_after(start, 12, 120.0)
+        trace = [(f['frequency_mhz'], f['latency_ms']) for f in tight_frames]
+        first_ok = next((i for i, f in enumerate(tight_frames) if f['latency_ms'] <= tight_ms),
+                        None)
+        assert first_ok is not None and first_ok <= 4, (loose_latency_ms, tight_ms, trace)
+        settled = tight_frames[first_ok:first_ok + 6]
+        assert np.median([f['latency_ms'] for f in settled]) <= tight_ms
+        assert all(f['frequency_mhz'] > loose.freq_mhz for f in settled)
+
+        # Back to loose: the manager solves again on what it has learnt (with the emulated
+        # 1/f clock racing to idle may now be cheapest, so the frequency need not drop) and
+        # the graph keeps within the budget.
+        start = len(probe.classifications)
+        probe.publish_budget(loose_ms)
+        assert wait_until(lambda: any(
+            p['budget_ms'] == loose_ms and p['feasible'] and p['applied']
+            for p in points[tight_points:]), 30.0), points[-3:]
+        back = frames_after(start, 6, 120.0)
+        assert all(f['latency_ms'] <= loose_ms for f in back)

@@ -1,0 +1,75 @@
+"""pls-eval: ratio parsing, a small end-to-end run with outputs, and error exits."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pls_perception.tools.eval_cli import COLUMNS, main, parse_ratios
+from tiny_cifar import make_tiny_cifar
+
+
+def test_parse_ratios() -> None:
+    assert parse_ratios('1.0, 0.5,0.1') == [1.0, 0.5, 0.1]
+    assert parse_ratios('1/0.5/0.5/1,0.3') == [(1.0, 0.5, 0.5, 1.0), 0.3]
+    for bad in ('', 'a', '0', '1.5', '0.5/0'):
+        with pytest.raises(ValueError):
+            parse_ratios(bad)
+
+
+@pytest.fixture()
+def image_folder(tmp_path: Path) -> Path:
+    root = tmp_path / 'images'
+    for label, name in enumerate(('airplane', 'cat', 'truck')):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new('RGB', (32, 32), (label * 90, i * 60, 30)).save(root / name / f'{i}.png')
+    return root
+
+
+def test_end_to_end_with_bn_recalibration(tmp_path: Path, image_folder: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / 'out'
+    calibration = make_tiny_cifar(tmp_path / 'tiny.tar.gz', per_class=4)
+    with pytest.warns(UserWarning, match='RANDOM'):
+        code = main(['--weights', 'random', '--allow-random', '--arch', 'resnet18',
+                     '--data', str(image_folder), '--ratios', '0.5,1/0.5/1/0.5',
+                     '--bn-recalibration', '8', '--calibration-data', str(calibration),
+                     '--bn-batch-size', '4', '--latency-runs', '2', '--limit', '6',
+                     '--threads', '1', '--no-progress', '--out', str(out)])
+    assert code == 0
+    stdout = capsys.readouterr().out
+    assert 'acc%BN' in stdout and 'params M' in stdout
+    with open(out / 'table1.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == COLUMNS
+    assert [r['ratio'] for r in rows] == ['1', '0.5', '1/0.5/1/0.5']   # 1.0 added as reference
+    assert all(r['n_images'] == '6' for r in rows)
+    assert float(rows[0]['accuracy_loss_pp']) == 0.0 and rows[0]['paper_params_m'] == ''
+    summary = json.loads((out / 'table1.json').read_text())
+    assert summary['n_images'] == 6 and summary['bn_recalibration_images'] == 8
+    assert summary['rows'][1]['accuracy_bn'] is not None
+    assert summary['rows'][1]['params'] < summary['rows'][0]['params']
+    assert (out / 'table1.png').stat().st_size > 10_000
+    assert (out / 'bn_states.pt').is_file()
+
+
+def test_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(['--weights', str(tmp_path / 'missing.pt'), '--out', str(tmp_path)]) == 2
+    assert 'missing.pt' in capsys.readouterr().err
+    assert main(['--weights', 'random', '--ratios', 'x', '--out', str(tmp_path)]) == 2
+    assert main(['--weights', 'random', '--allow-random', '--arch', 'resnet18',
+                 '--data', str(tmp_path / 'nothing.tar.gz'), '--out', str(tmp_path)]) == 2
+
+
+def test_console_script_help() -> None:
+    script = Path(sys.executable).parent / 'pls-eval'
+    command = [str(script)] if script.is_file() else [
+        sys.executable, '-m', 'pls_perception.tools.eval_cli']
+    proc = subprocess.run([*command, '--help'], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and '--bn-recalibration' in proc.stdout
