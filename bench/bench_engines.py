@@ -12,6 +12,8 @@ Usage: .venv/bin/python bench/bench_engines.py [--ratios 1 0.5 ...] [--repeats 4
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import statistics
 import subprocess
@@ -124,6 +126,8 @@ def _rss_child(args: argparse.Namespace) -> None:
     """Subprocess: RSS added by an onnxruntime engine holding ``--ratios`` sessions."""
     torch.set_num_threads(args.threads)
     loaded = _load(args.weights)
+    gc.collect()
+    ctypes.CDLL('libc.so.6').malloc_trim(0)   # hand loading's freed memory back: honest baseline
     before = _rss_mb()
     engine = OnnxRuntimeEngine.from_loaded(loaded, cache_dir=args.cache_dir, ratios=args.ratios,
                                            intra_op_threads=args.threads)

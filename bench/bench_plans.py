@@ -3,29 +3,32 @@
 A plan must be a drop-in policy: switching the keep ratio under it must cost what it costs under
 PLS (masks are computed once per ratio, then cached), and at equal MACs its latency should be close
 to PLS's (the plan removes deep, small-spatial blocks; PLS removes blocks from every stage).
-Random weights suffice (timing only). Writes bench/results/bench_plans.json.
+Random weights suffice (timing only). Writes bench/results/bench_plans.json (shared format).
 
 Usage: .venv/bin/python bench/bench_plans.py [--plan PLAN] [--repeats N]
 """
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torchvision
 
-from pls_perception import paths
-from pls_perception.complexity import count_macs
-from pls_perception.skip_plans import PlanPolicy, load_plan
-from pls_perception.skipping import ProportionalPolicy, SkippableResNet, SkipPolicy
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import machine_info, metric, write_result  # noqa: E402
 
+from pls_perception import paths  # noqa: E402
+from pls_perception.complexity import count_macs  # noqa: E402
+from pls_perception.skip_plans import PlanPolicy, load_plan  # noqa: E402
+from pls_perception.skipping import ProportionalPolicy, SkippableResNet, SkipPolicy  # noqa: E402
+
+NAME = 'bench_plans'
 RATIOS = (1.0, 0.9, 0.8, 0.7, 0.5, 0.3, 0.1)
-OUTPUT = Path(__file__).resolve().parent / 'results' / 'bench_plans.json'
+TARGET_SWITCH_US = 1000.0   # the PLS core's target (< 1 ms) holds for plans too
 
 
 def _switch_us(model: SkippableResNet, policy: SkipPolicy, repeats: int) -> dict[str, float]:
@@ -64,18 +67,14 @@ def main() -> None:
     parser.add_argument('--plan', default=str(paths.config_dir() / 'plans' /
                                               'resnet152_cifar10_ref_greedy.yaml'))
     parser.add_argument('--repeats', type=int, default=30)
-    parser.add_argument('--output', default=str(OUTPUT))
     args = parser.parse_args()
     torch.set_num_threads(1)
+    machine = machine_info()
     plan = load_plan(args.plan)
     model = SkippableResNet(torchvision.models.resnet152(num_classes=10)).eval()
     proportional, plan_policy = ProportionalPolicy(), PlanPolicy(plan)
-    result: dict[str, object] = {
-        'plan': str(args.plan), 'machine': platform.machine(), 'torch': torch.__version__,
-        'threads': 1, 'repeats': args.repeats,
-        'switch': {'proportional': _switch_us(model, proportional, args.repeats),
-                   'plan': _switch_us(model, plan_policy, args.repeats)},
-    }
+    switch = {'proportional': _switch_us(model, proportional, args.repeats),
+              'plan': _switch_us(model, plan_policy, args.repeats)}
     rows = []
     full_macs = count_macs(model, ratio=1.0)
     for ratio in RATIOS:
@@ -88,14 +87,27 @@ def main() -> None:
             model.set_policy(policy)
             row[f'{name}_macs_fraction'] = count_macs(model, ratio=r) / full_macs
             row[f'{name}_latency_ms'] = _latency_ms(model, r, args.repeats)
-        row['latency_ratio_plan_over_pls'] = row['plan_latency_ms'] / row['proportional_latency_ms']
+        row['latency_ratio_plan_over_pls'] = (row['plan_latency_ms']
+                                              / row['proportional_latency_ms'])
         rows.append(row)
         print(row)
-    result['latency_bs1_32x32'] = rows
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2) + '\n')
-    print(json.dumps(result['switch'], indent=2))
-    print(f'wrote {args.output}')
+    at_half = next(r for r in rows if r['pls_ratio'] == 0.5)
+    metrics = [
+        metric('plans: switch ratio, PLS (median)', switch['proportional']['switch_us_median'],
+               'us', target_max=TARGET_SWITCH_US),
+        metric('plans: switch ratio, plan (median)', switch['plan']['switch_us_median'], 'us',
+               target_max=TARGET_SWITCH_US),
+        metric('plans: first switch to a ratio, plan (max)', switch['plan']['first_switch_us_max'],
+               'us', target_max=TARGET_SWITCH_US),
+        metric('plans: bs=1 latency plan / PLS at PLS-50 MACs',
+               round(at_half['latency_ratio_plan_over_pls'], 3), 'x'),
+    ]
+    path = write_result(NAME, metrics, machine=machine, details={
+        'plan': str(args.plan), 'repeats': args.repeats, 'switch': switch,
+        'latency_bs1_32x32': rows}, notes=[
+        'random ResNet-152 weights (timing only), 32x32, torch threads 1',
+        'the plan runs at the removable MACs PLS keeps at each ratio (same total MACs)'])
+    print(f'wrote {path}')
 
 
 if __name__ == '__main__':

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
+# What the summary says about the machine (the JSON files keep everything).
+MACHINE_KEYS = ('cpu_count', 'torch_threads', 'load_avg_1m_at_start')
 
 
 def discover(bench_dir: Path, only: list[str] | None = None) -> list[Path]:
@@ -59,6 +61,11 @@ def load_results(results_dir: Path) -> list[dict[str, Any]]:
     return docs
 
 
+def _cell(text: Any) -> str:
+    """Table-cell text: a '|' inside a cell would end it."""
+    return str(text).replace('|', '\\|')
+
+
 def _format_value(value: Any) -> str:
     if value is None:
         return 'n/a'
@@ -90,23 +97,27 @@ def render_summary(docs: list[dict[str, Any]], runs: list[dict[str, Any]] | None
             continue
         for row in _rows(doc):
             met = row.get('met')
-            lines.append(
-                f'| {name} | {row["name"]} | {_format_value(row.get("value"))} '
-                f'| {row.get("unit") or ""} | {row.get("target") or ""} '
-                f'| {"" if met is None else _format_value(bool(met))} |')
+            cells = [name, row['name'], _format_value(row.get('value')), row.get('unit') or '',
+                     row.get('target') or '', '' if met is None else _format_value(bool(met))]
+            lines.append('| ' + ' | '.join(_cell(c) for c in cells) + ' |')
     lines.append('')
     failed = [r for r in runs or [] if r['error']]
     for run in failed:
         lines.append(f'- **{run["name"]} failed** ({run["error"]}); its results above, if any, '
                      f'are from an earlier run.')
     for doc in docs:
-        machine = doc.get('machine') or {}
+        machine = doc.get('machine') or ''
         when = doc.get('created_utc', 'unknown time')
-        conditions = ', '.join(f'{k}={v}' for k, v in machine.items())
+        if isinstance(machine, dict):
+            shown = {k: machine[k] for k in MACHINE_KEYS if k in machine} or machine
+            conditions = ', '.join(f'{k}={v}' for k, v in shown.items())
+        else:
+            conditions = str(machine)
         lines.append(f'- {doc["benchmark"]}: measured {when}'
                      + (f' ({conditions})' if conditions else '')
                      + (f'; command `{doc["command"]}`' if doc.get('command') else ''))
-        for note in doc.get('notes') or []:
+        notes = doc.get('notes') or []
+        for note in [notes] if isinstance(notes, str) else notes:
             lines.append(f'  - {note}')
     return '\n'.join(lines) + '\n'
 

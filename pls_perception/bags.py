@@ -578,6 +578,7 @@ def compute_report(recording: Recording, truth: GroundTruth,
         rows.append({
             'stamp_ns': stamp, 'time_ns': log_time_ns, 'label': labels[stamp],
             'class_id': int(payload['class_id']), 'keep_ratio': payload.get('keep_ratio'),
+            'freq_mhz': payload.get('frequency_mhz'),
             'latency_ms': latency, 'budget_ms': budget, 'energy_mj': energy,
             'missed': bool(budget is not None and latency is not None and latency > budget)})
     dropped = sorted(set(labels) - seen)
@@ -626,7 +627,7 @@ def report_table(report: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def plot_report(report: dict[str, Any], png: str | Path) -> Path:
-    """Latency (with budget) and keep ratio per frame over time, as a PNG."""
+    """Latency (with budget and misses), keep ratio and frequency per frame over time (PNG)."""
     import matplotlib
 
     matplotlib.use('Agg')
@@ -647,9 +648,15 @@ def plot_report(report: dict[str, Any], png: str | Path) -> Path:
     ax_lat.set_title(f'{report["frames_classified"]}/{report["frames_sent"]} frames, '
                      f'{report["frames_dropped"]} dropped, accuracy '
                      f'{report["accuracy_classified"] or 0:.3f}')
-    ax_ratio.step(t_s, [r['keep_ratio'] for r in rows], where='post')
+    ax_ratio.step(t_s, [r['keep_ratio'] for r in rows], where='post', label='keep ratio')
     ax_ratio.set_ylabel('keep ratio')
+    ax_ratio.set_ylim(0.0, 1.05)
     ax_ratio.set_xlabel('time since first classification [s]')
+    if any(r['freq_mhz'] is not None for r in rows):
+        ax_freq = ax_ratio.twinx()
+        ax_freq.step(t_s, [r['freq_mhz'] for r in rows], where='post', color='tab:orange',
+                     label='frequency')
+        ax_freq.set_ylabel('frequency [MHz]', color='tab:orange')
     fig.tight_layout()
     png = Path(png)
     fig.savefig(png, dpi=110)

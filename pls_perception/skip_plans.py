@@ -2,18 +2,18 @@
 
 On a small-input ResNet every removable bottleneck block costs about the same MACs, but blocks
 carry very different amounts of accuracy: PLS removes blocks from every stage alike, whereas the
-cheapest accuracy to give up sits in the tails of layer3 and layer4. A ``SkipPlan`` is an ordered
-list of removable blocks (block 0 of a stage, which changes shape, never appears); keeping a
-fraction ``r`` of the removable MACs means removing the plan's first blocks until the kept
-fraction is at most r (so the plan never runs more compute than asked for). ``PlanPolicy`` serves that behind the same ``keep_ratio``
-semantics as PLS, so the model, the optimizer, the profiles and the nodes work unchanged.
+cheapest accuracy to give up sits in the long layer3. A ``SkipPlan`` is an ordered list of
+removable blocks (block 0 of a stage, which changes shape, never appears); keeping a fraction
+``r`` of the removable MACs means removing the plan's first blocks until the kept fraction is at
+most r (the plan never runs more compute than asked for). ``PlanPolicy`` serves that behind the
+same ``keep_ratio`` semantics as PLS, so the model, optimizer, profiles and nodes work unchanged.
 
 Plans are learned on a calibration set (train split only) by scoring the damage of removing blocks,
 one-shot (each block alone) or greedily (the cheapest next block given those already removed), with
 the KL divergence of the logits from the full network (no labels needed) or the accuracy drop as
 the cost. The search caches every block's input for the current removal set, so scoring a candidate
-runs only the blocks downstream of it. Plans are stored as YAML with the weights' sha256, the method
-and the calibration size, and validated when loaded.
+runs only the blocks downstream of it. Plans are stored as YAML with the weights' sha256, the
+method and the calibration size, and validated when loaded.
 """
 from __future__ import annotations
 
@@ -91,7 +91,8 @@ class SkipPlan:
             raise ValueError(
                 f'block_macs must hold one positive count per plan entry, got {self.block_macs!r}')
         if len(self.costs) != len(order) or not all(math.isfinite(c) for c in self.costs):
-            raise ValueError(f'costs must hold one finite value per plan entry, got {self.costs!r}')
+            raise ValueError(
+                f'costs must hold one finite value per plan entry, got {self.costs!r}')
         if self.method not in METHODS:
             raise ValueError(f'method must be one of {METHODS}, got {self.method!r}')
         if self.cost not in COSTS:
@@ -362,7 +363,7 @@ class _CachedSearch:
         return self.model.fc(torch.flatten(self.model.avgpool(h), 1))
 
     def score(self, candidate: BlockId) -> tuple[float, float]:
-        """(KL divergence from the reference in nats, accuracy drop in points) without candidate."""
+        """(KL from the reference in nats, accuracy drop in points) with ``candidate`` removed."""
         logits = self._run(self.flat_index[candidate], candidate, keep=False)
         log_probs = torch.log_softmax(logits, dim=1)
         kl = float(torch.nn.functional.kl_div(log_probs, self.reference_log_probs,

@@ -322,6 +322,16 @@ class SkippableResNet(nn.Module):
             self.clear_bn_states()
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module hook
+        """`.to()`, `.double()` ...: convert the stored per-mask BatchNorm states as well."""
+        with self._forward_lock:
+            self._apply_bn(None)
+            result = super()._apply(fn, recurse)
+            self._bn_states = {masks: {name: (fn(mean), fn(var))
+                                       for name, (mean, var) in stats.items()}
+                               for masks, stats in self._bn_states.items()}
+            return result
+
     # -- copying (locks cannot be pickled) ---------------------------------------------------
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

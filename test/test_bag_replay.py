@@ -16,7 +16,6 @@ ResNet-152 frames on a contended 2-core machine near one minute.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,9 +81,6 @@ def _offline_labels(bag: Path, rows: list[dict]) -> dict[int, int]:
 
 def test_replay_matches_offline_and_follows_schedule(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    # A graph of named nodes with lifecycle services: keep it in the bags range of DDS domains
-    # (41-50), away from the per-process domains of concurrent test runs on this machine.
-    monkeypatch.setenv('ROS_DOMAIN_ID', str(41 + os.getpid() % 10))
     bag = tmp_path / 'cifar10_500'
     assert bag_cli.main(['make', '--per-class', str(PER_CLASS), '-o', str(bag),
                          '--storage', 'mcap', '--rate-hz', f'{RATE_HZ:g}']) == 0
@@ -141,9 +137,10 @@ def check_replay(record: Path, bag: Path, out: Path) -> None:
     budgets = [p['budget_ms'] for _, p in points]
     steps = [b for i, b in enumerate(budgets) if i == 0 or b != budgets[i - 1]]
     assert steps == [BUDGET_HI_MS, BUDGET_LO_MS]
-    last = {b: next(p for _, p in reversed(points) if p['budget_ms'] == b)
-            for b in (BUDGET_HI_MS, BUDGET_LO_MS)}
-    assert last[BUDGET_LO_MS]['latency_ms'] < last[BUDGET_HI_MS]['latency_ms']
+    # every point chosen meets the budget in force when it was chosen (by the manager's
+    # corrected prediction), or says it cannot
+    for _, p in points:
+        assert p['latency_ms'] <= p['budget_ms'] or not p['feasible'], p
     # ... and the node runs them: each frame's setpoint was published before it was classified
     # (or is the node's start setpoint, before the manager's first update arrived)
     for t, c in recording.classifications:

@@ -135,6 +135,19 @@ def test_switching_with_bn_states_from_another_thread(model: SkippableResNet,
         thread.join(timeout=10)
 
 
+def test_dtype_conversion_converts_states(model: SkippableResNet,
+                                          images: torch.Tensor) -> None:
+    recalibrate(model, images, [0.5], batch_size=8)
+    with torch.no_grad():
+        model.set_keep_ratio(0.5)
+        single = model(images[:2])
+        model.double()
+        double = model(images[:2].double())
+    assert all(mean.dtype == torch.float64 for stats in model.bn_states().values()
+               for mean, _ in stats.values())
+    torch.testing.assert_close(double.float(), single, rtol=1e-4, atol=1e-4)
+
+
 def test_live_model_untouched_during_estimation(model: SkippableResNet,
                                                 images: torch.Tensor) -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}

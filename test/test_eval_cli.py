@@ -63,8 +63,9 @@ def test_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert main(['--weights', str(tmp_path / 'missing.pt'), '--out', str(tmp_path)]) == 2
     assert 'missing.pt' in capsys.readouterr().err
     assert main(['--weights', 'random', '--ratios', 'x', '--out', str(tmp_path)]) == 2
-    assert main(['--weights', 'random', '--allow-random', '--arch', 'resnet18',
-                 '--data', str(tmp_path / 'nothing.tar.gz'), '--out', str(tmp_path)]) == 2
+    with pytest.warns(UserWarning, match='RANDOM'):
+        assert main(['--weights', 'random', '--allow-random', '--arch', 'resnet18',
+                     '--data', str(tmp_path / 'nothing.tar.gz'), '--out', str(tmp_path)]) == 2
 
 
 def test_console_script_help() -> None:
@@ -73,3 +74,37 @@ def test_console_script_help() -> None:
         sys.executable, '-m', 'pls_perception.tools.eval_cli']
     proc = subprocess.run([*command, '--help'], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and '--bn-recalibration' in proc.stdout
+
+
+def _fake_run(directory: Path, rows: list[dict], bn_images: int) -> Path:
+    directory.mkdir(parents=True)
+    base = {key: None for key in COLUMNS}
+    summary = {'arch': 'resnet152', 'n_images': 100, 'bn_recalibration_images': bn_images,
+               'rows': [dict(base, n_images=100, params=int(r['params_m'] * 1e6), macs=1,
+                             compression_pct=0.0, **r) for r in rows]}
+    (directory / 'table1.json').write_text(json.dumps(summary))
+    return directory
+
+
+def test_merge_plain_and_bn_only_runs(tmp_path: Path) -> None:
+    plain = _fake_run(tmp_path / 'plain', [
+        {'ratio': '1', 'accuracy': 0.8, 'loss': 0.5, 'params_m': 58.0},
+        {'ratio': '0.5', 'accuracy': 0.4, 'loss': 1.5, 'params_m': 30.0}], 0)
+    bn_a = _fake_run(tmp_path / 'bn_a', [
+        {'ratio': '0.5', 'accuracy_bn': 0.6, 'loss_bn': 1.0, 'params_m': 30.0}], 64)
+    bn_b = _fake_run(tmp_path / 'bn_b', [
+        {'ratio': '0.1', 'accuracy_bn': 0.2, 'loss_bn': 2.0, 'params_m': 10.0}], 64)
+    out = tmp_path / 'merged'
+    assert main(['--merge', str(plain), str(bn_a), str(bn_b), '--out', str(out)]) == 0
+    rows = json.loads((out / 'table1.json').read_text())['rows']
+    assert [r['ratio'] for r in rows] == ['1', '0.5', '0.1']
+    assert rows[0]['accuracy_bn'] == 0.8   # ratio 1 skips nothing: recalibration is a no-op
+    assert rows[1]['accuracy'] == 0.4 and rows[1]['accuracy_bn'] == 0.6
+    assert rows[1]['accuracy_loss_bn_pp'] == pytest.approx(20.0)
+    assert rows[2]['accuracy'] is None and rows[2]['accuracy_loss_bn_pp'] == pytest.approx(60.0)
+    assert (out / 'table1.png').is_file() and (out / 'table1.csv').is_file()
+    other = _fake_run(tmp_path / 'other', [{'ratio': '0.3', 'params_m': 20.0}], 0)
+    summary = json.loads((other / 'table1.json').read_text())
+    summary['rows'][0]['n_images'] = 5
+    (other / 'table1.json').write_text(json.dumps(summary))
+    assert main(['--merge', str(plain), str(other), '--out', str(out)]) == 2

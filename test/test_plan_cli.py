@@ -82,6 +82,7 @@ def test_learn_show_compare(assets: tuple[Path, Path], tmp_path: Path,
     with (out / 'plan_comparison.csv').open() as f:
         assert len(list(csv.DictReader(f))) == 8
     assert (out / 'plan_comparison.png').stat().st_size > 0
+    assert (out / 'plan_comparison.md').read_text().count('\n') == 2 + 2   # header + 2 ratios
 
 
 def test_compare_rejects_plan_of_other_weights(assets: tuple[Path, Path], tmp_path: Path,

@@ -135,3 +135,10 @@ def test_shipped_profiles_state_their_derivation(name: str) -> None:
     prof = load_profile(PROFILES / name)
     assert prof.notes and prof.power_model is not None
     assert prof.power_model.power_w(prof.frequencies_mhz) == pytest.approx(prof.power_w, rel=1e-5)
+
+
+@pytest.mark.parametrize('path', sorted(PROFILES.glob('*.yaml')), ids=lambda p: p.name)
+def test_every_shipped_profile_is_valid_and_says_how_it_was_made(path: Path) -> None:
+    prof = load_profile(path)
+    assert prof.notes, f'{path.name} must state how its numbers were derived'
+    assert prof.accuracy_loss[-1] == 0.0 and np.all(prof.energy_mj > 0)

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from pls_perception.complexity import count_macs
 from pls_perception.errors import ProfileError
 from pls_perception.skip_plans import (
-    PlanPolicy, SkipPlan, _FixedMasksPolicy, block_macs, learn_plan, load_plan, load_policy, removable_blocks,
-    save_plan)
+    PlanPolicy, SkipPlan, _FixedMasksPolicy, block_macs, learn_plan, load_plan, load_policy,
+    removable_blocks, save_plan)
 from pls_perception.skipping import ProportionalPolicy, SkippableResNet
 
 SHA = hashlib.sha256(b'weights').hexdigest()

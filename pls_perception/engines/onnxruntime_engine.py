@@ -199,12 +199,14 @@ class OnnxRuntimeEngine(InferenceEngine):
         self._weights: dict[str, ort.OrtValue] = {}
         self._pending: dict[Masks, Ratio] = {}
         self._errors: dict[Masks, str] = {}
+        # ratio -> (policy, masks): a switch is a look-up; a new model policy invalidates it.
+        self._mask_cache: dict[Ratio, tuple[object, Masks]] = {}
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix='onnx-build')
         self._closed = False
 
         self.prepare([keep_ratio, *ratios])
-        first = self.model.masks_for(keep_ratio)
+        first = self._masks(keep_ratio)
         self._active = self._graphs[first]
         self._requested: Ratio = keep_ratio
 
@@ -247,7 +249,7 @@ class OnnxRuntimeEngine(InferenceEngine):
         Thread-safe; ValueError for an invalid ratio. Until the graph is ready the previous
         ratio keeps serving and `pending_ratios` lists it.
         """
-        masks = self.model.masks_for(ratio)
+        masks = self._masks(ratio)
         with self._lock:
             self._check_open()
             self._requested = ratio
@@ -301,7 +303,7 @@ class OnnxRuntimeEngine(InferenceEngine):
     def prepare(self, ratios: Iterable[Ratio]) -> None:
         """Load or build the graphs for ``ratios`` now, in the calling thread (blocking)."""
         for ratio in ratios:
-            masks = self.model.masks_for(ratio)
+            masks = self._masks(ratio)
             with self._lock:
                 self._check_open()
                 if masks in self._graphs:
@@ -317,6 +319,20 @@ class OnnxRuntimeEngine(InferenceEngine):
         done = threading.Event()
         executor.submit(done.set)       # single worker: runs after every queued build
         return done.wait(timeout_s) and not self.pending_ratios
+
+    def _masks(self, ratio: Ratio) -> Masks:
+        """The model's skip masks for ``ratio`` under its current policy (ValueError if bad)."""
+        if isinstance(ratio, bool) or not isinstance(ratio, (float, int, tuple)):
+            return self.model.masks_for(ratio)     # rejects bools; lists are unhashable
+        policy = self.model.policy
+        cached = self._mask_cache.get(ratio)
+        if cached is not None and cached[0] is policy:
+            return cached[1]
+        masks = self.model.masks_for(ratio)
+        if len(self._mask_cache) > 1024:
+            self._mask_cache.clear()
+        self._mask_cache[ratio] = (policy, masks)
+        return masks
 
     def _check_open(self) -> None:
         if self._closed:
@@ -338,7 +354,7 @@ class OnnxRuntimeEngine(InferenceEngine):
                 return
             graph = future.result()
             self._graphs.setdefault(masks, graph)
-            if self._requested == ratio or self.model.masks_for(self._requested) == masks:
+            if self._requested == ratio or self._masks(self._requested) == masks:
                 self._active = _Graph(masks, self._requested, graph.session)
 
     def _graph_key(self, masks: Masks, ratio: Ratio) -> str:

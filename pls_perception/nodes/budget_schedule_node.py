@@ -12,13 +12,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import rclpy
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from std_msgs.msg import Float64
 
 from pls_perception.budget_schedule import BudgetSchedule
+from pls_perception.nodes.spin import spin_node
 
 NODE_NAME = 'budget_schedule'
 DEFAULT_SCHEDULE = '0:40,10:15,20:60'
@@ -76,24 +75,8 @@ class BudgetScheduleNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    try:
-        try:
-            node = BudgetScheduleNode()
-        except ValueError as e:
-            rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {e}')
-            return 1
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        finally:
-            node.destroy_node()
-    finally:
-        rclpy.try_shutdown()
-    return 0
+    """``ros2 run pls_perception budget_schedule``: publish the schedule until Ctrl-C."""
+    return spin_node(BudgetScheduleNode, NODE_NAME, args)
 
 
 if __name__ == '__main__':

@@ -17,12 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, Parameter, ParameterDescriptor,
                                 ParameterType, ParameterValue)
 from rcl_interfaces.srv import SetParametersAtomically
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
 from std_msgs.msg import Float64, String
@@ -32,6 +30,7 @@ from pls_perception.errors import PlsError
 from pls_perception.latency_correction import LatencyCorrection
 from pls_perception.optimizer import OperatingPoint, OperatingPointSelector
 from pls_perception.profiles import OperatingPointProfile, load_profile
+from pls_perception.nodes.spin import spin_node
 
 NODE_NAME = 'dvfs_manager'
 DEFAULT_TARGET_NODE = '/pls_perception_node'
@@ -366,26 +365,10 @@ class DvfsManagerNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    try:
-        try:
-            node = DvfsManagerNode()
-        except (PlsError, OSError, ValueError) as e:
-            rclpy.logging.get_logger(NODE_NAME).fatal(
-                f'cannot start: {e}. Pass a valid profile YAML with '
-                f'--ros-args -p profile:=<path> (see config/profiles/).')
-            return 1
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        finally:
-            node.destroy_node()
-    finally:
-        rclpy.try_shutdown()
-    return 0
+    """``ros2 run pls_perception dvfs_manager``: solve and apply operating points until Ctrl-C."""
+    return spin_node(DvfsManagerNode, NODE_NAME, args, (PlsError, OSError, ValueError),
+                     '. Pass a valid profile YAML with --ros-args -p profile:=<path> '
+                     '(see config/profiles/).')
 
 
 if __name__ == '__main__':

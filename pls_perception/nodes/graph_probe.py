@@ -102,6 +102,7 @@ class NodeProcess:
         if self.alive():
             self.proc.kill()
             self.proc.wait(10.0)
+        self._log.close()
 
 
 @dataclass
@@ -113,7 +114,9 @@ class Received:
 
 
 @dataclass
-class _Log:
+class ReceivedLog:
+    """Messages in arrival order, appended by subscription callbacks, awaited by the caller."""
+
     items: list[Received] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
 
@@ -160,9 +163,7 @@ def make_image(rgb: np.ndarray, stamp_ns: int, frame_id: str = 'camera') -> Imag
 def stamp_ns_of(classification: Mapping[str, Any]) -> int:
     """The source image stamp (ns) carried by a classification JSON object."""
     stamp = classification['stamp']
-    if isinstance(stamp, Mapping):
-        return int(stamp['sec']) * 1_000_000_000 + int(stamp['nanosec'])
-    return int(round(float(stamp) * 1e9))
+    return int(stamp['sec']) * 1_000_000_000 + int(stamp['nanosec'])
 
 
 class PipelineProbe(Node):
@@ -175,10 +176,9 @@ class PipelineProbe(Node):
         self.image_pub = self.create_publisher(Image, image_topic, qos_profile_sensor_data)
         self.budget_pub = self.create_publisher(Float64, '/latency_budget', 10)
         reliable = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
-        self.classifications = _Log()
-        self.diagnostics = _Log()
-        self.parameter_events = _Log()
-        self.operating_points = _Log()
+        self.classifications = ReceivedLog()
+        self.diagnostics = ReceivedLog()
+        self.parameter_events = ReceivedLog()
         self.create_subscription(String, f'/{target}/classification',
                                  lambda m: self.classifications.add(json.loads(m.data)), reliable)
         self.create_subscription(DiagnosticArray, '/diagnostics', self.diagnostics.add, reliable)
@@ -269,6 +269,16 @@ class PipelineProbe(Node):
     def diagnostic_values(self, received: Received) -> dict[str, dict[str, str]]:
         """``{status name: {key: value}}`` of one received DiagnosticArray."""
         return {s.name: {kv.key: kv.value for kv in s.values} for s in received.data.status}
+
+    def node_status(self, received: Received, node: str | None = None) -> dict[str, str]:
+        """Key/values of the status that node ``node`` (default: the target) put in one
+        received DiagnosticArray; statuses are named '<node name or /fq/name>: <what>'.
+        Empty if that node's status is not in it."""
+        node = (node or self.target).lstrip('/')
+        for name, values in self.diagnostic_values(received).items():
+            if name.lstrip('/').split(':', 1)[0].strip() == node:
+                return values
+        return {}
 
     # --- services -----------------------------------------------------------------------------
     def _call(self, client: Any, request: Any, timeout_s: float) -> Any:

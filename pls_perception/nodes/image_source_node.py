@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from builtin_interfaces.msg import Time
 import rclpy
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -138,6 +139,9 @@ class ImageSourceNode(Node):
                 self._publish_pass(bar)
                 if not self.loop:
                     break
+            # reliable delivery of the last frames before main() exits and the writer vanishes
+            if not self.publisher.wait_for_all_acked(Duration(seconds=self.wait_timeout_s)):
+                self.get_logger().warning('not every subscriber acknowledged every frame')
         except Exception as e:  # noqa: BLE001 - reported by main() / the owner of the node
             self._error = e
             self.get_logger().error(f'image source failed: {e}')

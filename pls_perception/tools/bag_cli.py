@@ -44,11 +44,13 @@ def _add_replay_args(parser: argparse.ArgumentParser) -> None:
                         help='publish once this many subscribers matched on image (default 1)')
     parser.add_argument('--wait-timeout-s', type=float, default=60.0,
                         help='publish anyway after waiting this long for subscribers')
-    parser.add_argument('--start-delay-s', type=float, default=0.0)
+    parser.add_argument('--start-delay-s', type=float, default=0.0,
+                        help='wait this long after the subscribers matched')
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='pls-bag', description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(
+        prog='pls-bag', description=__doc__.split('\n\n')[0].replace('``', ''))
     sub = parser.add_subparsers(dest='command', required=True)
 
     make = sub.add_parser('make', help='write a sensor_msgs/Image rosbag2 + labels.csv')

@@ -301,8 +301,9 @@ def write_outputs(out: Path, frames: Sequence[Frame], rows: list[dict[str, Any]]
     axes[3].plot(t, [f.energy_mj for f in frames], '.', ms=4, color='tab:green')
     axes[3].set_ylabel('energy / frame (mJ)')
     axes[3].set_xlabel('time since the first budget (s)')
+    loop = 'closed loop' if meta.get('closed_loop', True) else 'OPEN loop'
     fig.suptitle(f'pls-demo: {meta["weights_label"]}, {meta["dvfs_backend"]} DVFS, '
-                 f'profile {Path(meta["profile"]).name}', fontsize=10)
+                 f'profile {Path(meta["profile"]).name}, {loop}', fontsize=10)
     fig.tight_layout()
     fig.savefig(written['timeline_png'], dpi=110)
     plt.close(fig)
@@ -390,6 +391,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help='latency budget steps "seconds:ms,..." (looped)')
     parser.add_argument('--rate-hz', type=float, default=settings['image_source']['rate_hz'],
                         help='image rate')
+    parser.add_argument('--open-loop', action='store_true',
+                        help='manager without the online latency correction (closed_loop:=false)'
+                             ', to compare')
     parser.add_argument('--settle-frames', type=int, default=3,
                         help='frames after a budget change not counted in misses_after_settling')
     parser.add_argument('--startup-timeout', type=float, default=180.0,
@@ -444,7 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             {'weights': weights, 'device': args.device,
                              'dvfs_backend': args.backend}),
         'dvfs_manager': ('pls_perception.nodes.dvfs_manager_node',
-                         [config / 'dvfs_manager.yaml'], {'profile': profile_path}),
+                         [config / 'dvfs_manager.yaml'],
+                         {'profile': profile_path, 'closed_loop': not args.open_loop}),
         'image_source': ('pls_perception.nodes.image_source_node', [demo_yaml],
                          {'source': images, 'rate_hz': args.rate_hz}),
     }
@@ -495,7 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {'duration_s': args.duration, 'schedule': args.schedule, 'weights': weights,
             'weights_label': 'reference weights' if meaningful else 'RANDOM weights',
             'images': images, 'meaningful_labels': meaningful, 'profile': profile_path,
-            'dvfs_backend': args.backend, 'frames': len(frames),
+            'dvfs_backend': args.backend, 'closed_loop': not args.open_loop,
+            'frames': len(frames),
             'deadline_misses': int(sum(f.deadline_miss for f in frames)),
             'energy_mj_per_frame': (round(float(np.mean([f.energy_mj for f in frames])), 3)
                                     if frames else None)}

@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--threads', type=int, default=None, help='torch intra-op threads')
     parser.add_argument('--out', default='out/eval', help='output directory')
     parser.add_argument('--no-progress', action='store_true', help='hide progress bars')
+    parser.add_argument('--merge', nargs='+', metavar='DIR', default=None,
+                        help='evaluate nothing: combine the table1.json of earlier runs (e.g. a '
+                             'plain run and --bn-only runs) into one table in --out')
     return parser
 
 
@@ -189,7 +192,58 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def merge_runs(run_dirs: list[Path]) -> tuple[list[dict], dict]:
+    """Rows of several table1.json files combined per ratio (first non-empty value wins).
+
+    The accuracy losses are recomputed against the plain ratio-1.0 accuracy of any run.
+    """
+    summaries = [json.loads((Path(d) / 'table1.json').read_text()) for d in run_dirs]
+    merged: dict[str, dict] = {}
+    for summary in summaries:
+        for row in summary['rows']:
+            target = merged.setdefault(row['ratio'], dict(row))
+            for key, value in row.items():
+                if target.get(key) is None:
+                    target[key] = value
+    sizes = {row['n_images'] for row in merged.values()}
+    if len(sizes) != 1:
+        raise ValueError(f'runs were made on different image counts, got {sorted(sizes)}')
+    base = merged.get('1', {}).get('accuracy')
+    full = merged.get('1')
+    if (full and full['accuracy_bn'] is None
+            and any(s['bn_recalibration_images'] for s in summaries)):
+        # Ratio 1 skips nothing, so recalibration leaves it unchanged.
+        full['accuracy_bn'], full['loss_bn'] = full['accuracy'], full['loss']
+    for row in merged.values():
+        for acc, loss in (('accuracy', 'accuracy_loss_pp'),
+                          ('accuracy_bn', 'accuracy_loss_bn_pp')):
+            row[loss] = (base - row[acc]) * 100 if base is not None and row[acc] is not None \
+                else None
+    rows = sorted(merged.values(), key=lambda r: -sum(float(v) for v in r['ratio'].split('/')))
+    meta = dict(summaries[0], rows=rows, merged_from=[str(d) for d in run_dirs],
+                bn_recalibration_images=max(s['bn_recalibration_images'] for s in summaries))
+    return rows, meta
+
+
+def _write_outputs(rows: list[dict], summary: dict, out: Path, title: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    print(format_table(rows))
+    with open(out / 'table1.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / 'table1.json').write_text(json.dumps(summary, indent=2) + '\n')
+    plot(rows, out / 'table1.png', title)
+    print(f'wrote {out / "table1.csv"}, {out / "table1.json"}, {out / "table1.png"}',
+          file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> dict:
+    if args.merge:
+        rows, summary = merge_runs([Path(d) for d in args.merge])
+        _write_outputs(rows, summary, Path(args.out),
+                       f'{summary["arch"]} PLS on {summary["n_images"]} images (merged runs)')
+        return summary
     if args.threads:
         torch.set_num_threads(args.threads)
     progress = not args.no_progress
@@ -226,12 +280,6 @@ def run(args: argparse.Namespace) -> dict:
     is_paper_model = args.arch == 'resnet152' and loaded.num_classes == 10
     rows = build_rows(plain, recalibrated, latency, is_paper_model,
                       count_parameters(model, 1.0))
-    table = format_table(rows)
-    print(table)
-    with open(out / 'table1.csv', 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
     summary = {
         'weights': loaded.source, 'weights_sha256': loaded.sha256, 'arch': args.arch,
         'num_classes': loaded.num_classes, 'data': str(args.data), 'split': args.split,
@@ -243,11 +291,8 @@ def run(args: argparse.Namespace) -> dict:
         'accuracy_loss_definition': 'percentage points below ratio 1.0 (trained BN stats)',
         'elapsed_s': time.time() - started, 'rows': rows,
     }
-    (out / 'table1.json').write_text(json.dumps(summary, indent=2) + '\n')
-    plot(rows, out / 'table1.png',
-         f'{args.arch} PLS on {len(images)} images ({Path(args.data).name})')
-    print(f'wrote {out / "table1.csv"}, {out / "table1.json"}, {out / "table1.png"}',
-          file=sys.stderr)
+    _write_outputs(rows, summary, out,
+                   f'{args.arch} PLS on {len(images)} images ({Path(args.data).name})')
     return summary
 
 

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument('--bn-recalibration', action='store_true',
                        help='score every removal set with BN statistics of the calibration set')
     learn.add_argument('-o', '--output', default=None,
-                       help='plan YAML (default: config/plans/resnet152_cifar10_ref_<method>.yaml)')
+                       help='plan YAML (default: '
+                            'config/plans/resnet152_cifar10_ref_<method>.yaml)')
 
     show = sub.add_parser('show', help='print a plan and its masks at a few ratios')
     show.add_argument('plan', help='plan YAML')
@@ -184,8 +185,10 @@ def _compare(args: argparse.Namespace) -> int:
         writer.writeheader()
         writer.writerows(rows)
     _plot(rows, meta, output_dir / 'plan_comparison.png')
-    print(_table(rows))
-    print(f'wrote {output_dir}/plan_comparison.{{json,csv,png}}')
+    table = _table(rows)
+    (output_dir / 'plan_comparison.md').write_text(table + '\n')
+    print(table)
+    print(f'wrote {output_dir}/plan_comparison.{{json,csv,md,png}}')
     return 0
 
 
@@ -196,13 +199,15 @@ def _table(rows: list[dict[str, object]]) -> str:
     by_key = {(r['policy'], r['bn_recalibration'], r['pls_ratio']): r for r in rows}
     names = {('proportional', False): 'PLS acc.', ('proportional', True): 'PLS+BN acc.',
              ('plan', False): 'plan acc.', ('plan', True): 'plan+BN acc.'}
-    header = ['PLS ratio', 'MACs (M)', 'kept MACs', 'PLS blocks', 'plan blocks']
+    header = ['PLS ratio', 'MACs (M)', 'kept MACs', 'PLS blocks', 'plan blocks',
+              'PLS params (M)', 'plan params (M)']
     header += [names[c] for c in columns] + ['plan - PLS (pts)']
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for ratio in sorted({r['pls_ratio'] for r in rows}, reverse=True):
         pls, plan = by_key[('proportional', False, ratio)], by_key[('plan', False, ratio)]
         cells = [f'{ratio:.2f}', f'{pls["macs"] / 1e6:.1f}', f'{pls["macs_fraction"]:.3f}',
-                 str(tuple(pls['blocks_kept'])), str(tuple(plan['blocks_kept']))]
+                 str(tuple(pls['blocks_kept'])), str(tuple(plan['blocks_kept'])),
+                 f'{pls["params"] / 1e6:.2f}', f'{plan["params"] / 1e6:.2f}']
         cells += [f'{100 * by_key[(p, bn, ratio)]["accuracy"]:.2f}%' for p, bn in columns]
         cells.append(f'{100 * (plan["accuracy"] - pls["accuracy"]):+.2f}')
         lines.append('| ' + ' | '.join(cells) + ' |')

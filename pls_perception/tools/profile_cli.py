@@ -1,10 +1,10 @@
 """pls-profile: measure an operating-point profile of this machine (latency per ratio x frequency).
 
-Latency: batch-1 inference per keep ratio (warm-up, then the median of ``--repeats`` runs) through
-the chosen inference engine. With a real DVFS backend every frequency is set and measured
-('measured'); with the simulated backend the machine runs at its own clock, which is taken as the
-reference (highest) frequency of the list, and the other frequencies are derived by the rule
-t(r,f) = t(r,f_ref) * f_ref / f ('scaled').
+Latency: batch-1 inference per keep ratio (warm-up, then the median of ``--repeats`` runs, taken
+round-robin over the ratios) through the chosen inference engine. With a real DVFS backend every
+frequency is set and measured ('measured'); with the simulated backend the machine runs at its own
+clock, which is taken as the reference (highest) frequency of the list, and the other frequencies
+are derived by the rule t(r,f) = t(r,f_ref) * f_ref / f ('scaled').
 Power: from a power model: another profile's (``--power-from``, default the shipped Orin Nano CPU
 profile) or explicit two-zone coefficients (``--power-model``): always 'modelled'.
 Accuracy: a JSON file (``--accuracy``) or a CIFAR-10 evaluation of ``--accuracy-images`` images
@@ -75,18 +75,25 @@ def measure_latency_grid(engine: InferenceEngine, batch: np.ndarray, ratios: Seq
     sweep = list(freqs) if backend.is_real else [float(freqs.max())]
     latency = np.zeros((len(ratios), freqs.size))
     sources = np.full(latency.shape, 'scaled', dtype=object)
-    bar = tqdm(total=len(sweep) * len(ratios), desc='profiling', unit='point',
+    bar = tqdm(total=len(sweep) * len(ratios) * repeats, desc='profiling', unit='run',
                disable=not progress)
     try:
         for f in sweep:
             fi = int(np.argmin(np.abs(freqs - f)))
             if backend.is_real:
                 backend.set_frequency_mhz(f)
-            for ri, r in enumerate(ratios):
-                latency[ri, fi] = measure_engine_latency_ms(engine, batch, r, repeats, warmup,
-                                                             clock)
+            for r in ratios:
+                measure_engine_latency_ms(engine, batch, r, 1, warmup, clock)
+            # round-robin over the ratios, so a burst of load from other processes hits every
+            # ratio alike instead of inflating whichever ratio happened to be running
+            samples: list[list[float]] = [[] for _ in ratios]
+            for _ in range(repeats):
+                for ri, r in enumerate(ratios):
+                    samples[ri].append(measure_engine_latency_ms(engine, batch, r, 1, 0, clock))
+                    bar.update(1)
+            for ri in range(len(ratios)):
+                latency[ri, fi] = statistics.median(samples[ri])
                 sources[ri, fi] = 'measured'
-                bar.update(1)
     finally:
         bar.close()
         if backend.is_real:

@@ -30,8 +30,9 @@ out = pathlib.Path(__file__).parent / 'results'
 out.mkdir(exist_ok=True)
 (out / 'bench_good.json').write_text(json.dumps({
     'benchmark': 'bench_good', 'notes': ['shared machine'],
+    'machine': {'cpu_count': 2, 'platform': 'long text'},
     'metrics': [{'name': 'overhead', 'value': 4.25, 'unit': '%', 'target': '< 10 %',
-                 'met': True}]}))
+                 'met': True}, {'name': 'max |diff|', 'value': 1e-6, 'unit': ''}]}))
 '''
 
 
@@ -57,7 +58,8 @@ def test_runs_every_script_and_writes_summary(tmp_path: Path) -> None:
     (tmp_path / 'bench_bad.py').write_text('raise SystemExit(3)\n')
     (tmp_path / '_helper.py').write_text('raise SystemExit("helpers must not run")\n')
     (tmp_path / 'results').mkdir()
-    (tmp_path / 'results' / 'foreign.json').write_text(json.dumps({'speedup': 2.5, 'x': 'y'}))
+    (tmp_path / 'results' / 'foreign.json').write_text(
+        json.dumps({'speedup': 2.5, 'x': 'y', 'machine': 'x86_64', 'notes': 'one note'}))
 
     rc = run_all.main(['--bench-dir', str(tmp_path), '--timeout-s', '60'])
 
@@ -65,9 +67,12 @@ def test_runs_every_script_and_writes_summary(tmp_path: Path) -> None:
     summary = (tmp_path / 'results' / 'summary.md').read_text()
     assert '| bench_good | overhead | 4.25 | % | < 10 % | yes |' in summary
     assert '| foreign | speedup | 2.5 |' in summary
+    assert '| bench_good | max \\|diff\\| | 1e-06 |' in summary
+    assert '(cpu_count=2)' in summary and 'long text' not in summary
     assert '**bench_bad failed** (exit code 3)' in summary
     assert 'helpers must not run' not in summary
     assert '  - shared machine' in summary
+    assert '- foreign: measured unknown time (x86_64)' in summary and '  - one note' in summary
 
 
 def test_collect_only_does_not_run(tmp_path: Path) -> None:

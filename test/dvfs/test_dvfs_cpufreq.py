@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_policy
+from fake_sysfs import make_policy
 
 from pls_perception.dvfs import get_backend
 from pls_perception.dvfs.base import translate_os_error

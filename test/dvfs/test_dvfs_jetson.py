@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import make_devfreq_gpu
+from fake_sysfs import make_devfreq_gpu
 
 from pls_perception.dvfs import get_backend
 from pls_perception.dvfs.jetson import JetsonGpuBackend

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_devfreq_gpu, make_policy
+from fake_sysfs import make_devfreq_gpu, make_policy
 
 from pls_perception.dvfs import DvfsBackend, SimulatedBackend, get_backend, snap_frequency_mhz
 from pls_perception.dvfs.simulated import ORIN_NANO_CPU_FREQUENCIES_MHZ

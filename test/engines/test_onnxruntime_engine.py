@@ -267,3 +267,26 @@ def test_sessions_use_the_shared_weights_in_place(small_model: SkippableResNet,
     rss = json.loads(proc.stdout.strip().splitlines()[-1])
     # Copies per session would add at least the weights again (1.5x for r=1 plus r=0.5).
     assert rss['engine_mb'] < 1.4 * rss['weights_mb'] + 15, rss
+
+
+def test_policy_change_takes_effect_at_next_switch(small_model: SkippableResNet,
+                                                   onnx_cache: Path) -> None:
+    from pls_perception.skipping import SkipPolicy
+
+    class KeepAll(SkipPolicy):
+        name = 'keep_all'
+
+        def masks(self, ratio: object, depths: tuple[int, ...]) -> tuple[tuple[bool, ...], ...]:
+            return tuple((True,) * n for n in depths)
+
+    with _engine(small_model, onnx_cache, ratios=(0.5,)) as engine:
+        engine.set_keep_ratio(1.0)
+        with pytest.raises(ValueError):
+            engine.set_keep_ratio(True)  # type: ignore[arg-type]  # not the cached 1.0
+        engine.set_keep_ratio(0.5)
+        half = engine.infer(np.ones((1, 3, 32, 32), np.float32))
+        small_model.set_policy(KeepAll())
+        engine.set_keep_ratio(0.5)      # same ratio, now the r=1 mask: already loaded
+        assert engine.pending_ratios == ()
+        full = engine.infer(np.ones((1, 3, 32, 32), np.float32))
+    assert not np.allclose(half, full)

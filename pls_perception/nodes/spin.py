@@ -1,0 +1,36 @@
+"""The shared ``main()`` body of the plain (non-lifecycle) nodes: start, spin, shut down cleanly."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+
+
+def spin_node(make_node: Callable[[], Node], node_name: str, args: list[str] | None = None,
+              startup_errors: tuple[type[BaseException], ...] = (ValueError,),
+              hint: str = '') -> int:
+    """Build the node, spin it until Ctrl-C or external shutdown; exit code 1 if it cannot start.
+
+    ``startup_errors`` raised by ``make_node`` (a bad parameter, a missing profile) are logged as
+    one fatal line, followed by ``hint`` saying what to do, instead of a traceback.
+    """
+    rclpy.init(args=args)
+    try:
+        try:
+            node = make_node()
+        except startup_errors as e:
+            rclpy.logging.get_logger(node_name).fatal(f'cannot start: {e}{hint}')
+            return 1
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.try_shutdown()
+    return 0
