@@ -160,8 +160,10 @@ class OperatingPointSelector:
         if not candidate.feasible:
             candidate = self._solve(budget_ms)
         cur = self.current
+        # The profile may have changed since (online latency correction): judge the current
+        # point by its latency in the profile in force now, not by the one it was chosen with.
         if cur is not None and cur.feasible and candidate.feasible \
-                and cur.latency_ms <= budget_ms:
+                and self.profile.latency_ms[cur.ratio_index, cur.freq_index] <= budget_ms:
             cur_value = _objective_matrix(self.profile, self.objective)[
                 cur.ratio_index, cur.freq_index]
             new_value = _objective_matrix(self.profile, self.objective)[

@@ -139,6 +139,20 @@ def test_hysteresis_keeps_point_under_jitter() -> None:
     assert sel.update(9.9).freq_mhz == 1000.0            # violated: must switch
 
 
+def test_hysteresis_rejudges_current_point_when_profile_changes() -> None:
+    """A corrected profile (online latency correction) can make the kept point miss the budget."""
+    sel = OperatingPointSelector(two_speed_profile(), 0.0, hysteresis=0.1)
+    assert sel.update(12.0).freq_mhz == 500.0
+    # the efficient point now takes 13 ms (misses a 12 ms budget) and is far cheaper in EDP
+    sel.profile = OperatingPointProfile(
+        device_name='toy', device_kind='cpu', ratios=[1.0], frequencies_mhz=[500.0, 1000.0],
+        accuracy=[0.9], latency_ms=[[13.0, 5.0]], power_w=[0.1, 5.0],
+        reference_frequency_mhz=1000.0,
+        sources={'accuracy': 'modelled', 'latency_ms': 'modelled', 'power_w': 'modelled'})
+    point = sel.update(12.0)
+    assert point.freq_mhz == 1000.0 and point.feasible and point.latency_ms <= 12.0
+
+
 def test_hysteresis_switches_when_current_violates_budget() -> None:
     prof = load_profile(config_dir() / 'profiles' / 'orin_nano_gpu.yaml')
     sel = OperatingPointSelector(prof, 0.05, hysteresis=0.1)
