@@ -28,6 +28,7 @@ from pls_perception.profiles import load_profile
 BUDGET_MODULE = 'pls_perception.nodes.budget_schedule_node'
 # Random weights: these tests are about the plumbing (and need no ../shared).
 NODE_PARAMETERS: dict[str, Any] = {'weights': 'random', 'dvfs_backend': 'simulated',
+                                   'num_threads': 1,
                                    'class_names': [f'class{i}' for i in range(10)]}
 BUDGET_MS = 300.0
 ACCURACY_LOSS_MAX = 0.05
