@@ -65,3 +65,11 @@ def write_result(name: str, metrics: list[dict[str, Any]], *, notes: list[str] |
     path = out_dir / f'{name}.json'
     path.write_text(json.dumps(doc, indent=2, allow_nan=False) + '\n')
     return path
+
+
+def print_metrics(metrics: list[dict[str, Any]], path: Path) -> None:
+    """Print the metric rows and where they were written (what a benchmark ends with)."""
+    for row in metrics:
+        value = f"{row['value']:.4g}" if isinstance(row['value'], float) else row['value']
+        print(f"{row['name']}: {value} {row['unit']} (target {row['target']}, met={row['met']})")
+    print(f'wrote {path}')

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import RESULTS_DIR, machine_info, metric, write_result  # noqa: E402
+from _results import RESULTS_DIR, machine_info, metric, print_metrics, write_result  # noqa: E402
 
 from pls_perception import paths  # noqa: E402
 from pls_perception.engines import TorchEngine  # noqa: E402
@@ -239,10 +239,7 @@ def main(argv: list[str] | None = None) -> None:
                'cache_dir': str(engine.cache_dir)}
     path = write_result(NAME, metrics, notes=notes, details=details, machine=machine)
     _plot(latency, rss, RESULTS_DIR / f'{NAME}.png')
-    for row in metrics:
-        print(f"{row['name']}: {row['value']:.4g} {row['unit']} (target {row['target']}, "
-              f"met={row['met']})")
-    print(f'wrote {path}')
+    print_metrics(metrics, path)
 
 
 if __name__ == '__main__':

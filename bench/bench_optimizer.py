@@ -13,7 +13,7 @@ import statistics
 import time
 
 import numpy as np
-from _results import metric, write_result
+from _results import metric, print_metrics, write_result
 
 from pls_perception.optimizer import OperatingPointSelector, solve
 from pls_perception.power_model import TwoZonePowerModel
@@ -69,9 +69,7 @@ def main() -> int:
     path = write_result(NAME, metrics, details=details, notes=[
         'shared 2-core machine, other jobs running: absolute times are upper bounds',
         f'{len(budgets)} budgets from infeasible to unconstrained, {args.repeats} repeats'])
-    for m in metrics:
-        print(f"{m['name']}: {m['value']} {m['unit']} (target {m['target']}, met={m['met']})")
-    print(path)
+    print_metrics(metrics, path)
     return 0
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import metric, write_result  # noqa: E402
+from _results import metric, print_metrics, write_result  # noqa: E402
 
 os.environ.setdefault('ROS_DOMAIN_ID', str(61 + os.getpid() % 9))
 
@@ -179,10 +179,7 @@ def main() -> None:
     path = write_result('bench_perception_node', metrics, details=details, notes=[
         'in-process rclpy + Fast DDS, simulated DVFS at f_max, torch engine, CIFAR-10 frames',
         'frame age = classification received - frame published (includes queueing)'])
-    for row in metrics:
-        print(f"{row['name']}: {row['value']} {row['unit']}  (target {row['target']}, "
-              f"met {row['met']})")
-    print(f'wrote {path}')
+    print_metrics(metrics, path)
 
 
 if __name__ == '__main__':

@@ -19,6 +19,8 @@ Schema (``schema_version: 1``; a complete example is ``config/profiles/orin_nano
     power_w:    {values: [F] > 0, source: S or [F] of S,
                  model: {kind: two_zone, p_static_w, c_w_per_mhz, f_knee_mhz, fit: {...}}}
     power_scale: {values: [R] > 0, source: ..., note: ...}   # optional, default all 1
+    skip_policy: proportional | {name: plan:<stem>, plan_fingerprint: sha256, weights_sha256,
+                                 plan_file}      # optional, default proportional
     notes: [str, ...]                             # how the numbers were derived
 
 S (provenance) is one of ``measured`` (measured by pls-profile on this device), ``paper`` (read off
@@ -30,6 +32,11 @@ Units: accuracy is a fraction (0.93 = 93 %); accuracy loss is relative to the la
 ``power_w[f] * power_scale[r]`` (power_scale models lower utilisation of a skipped network), so
 energy per frame is ``energy_mj = power_w * power_scale * latency_ms`` (W * ms = mJ) and
 ``edp`` is in mJ*ms.
+
+``skip_policy`` says which skipping policy the ratios (and so the accuracy per ratio) belong to:
+``proportional`` (PLS, the default, so older files stay valid) or a skip plan, identified by the
+fingerprint of its removal order (:attr:`pls_perception.skip_plans.SkipPlan.fingerprint`) and the
+weights it was learned on.
 """
 from __future__ import annotations
 
@@ -49,6 +56,73 @@ SCHEMA_VERSION = 1
 SOURCES: tuple[str, ...] = ('measured', 'paper', 'scaled', 'modelled')
 DEVICE_KINDS: tuple[str, ...] = ('cpu', 'gpu')
 SCALING_RULE = 't(r,f) = t(r,f_ref) * f_ref / f'
+PROPORTIONAL_POLICY = 'proportional'
+_HEX = frozenset('0123456789abcdef')
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX
+
+
+@dataclass(frozen=True)
+class SkipPolicyInfo:
+    """Which skipping policy a profile's ratios belong to: PLS, or one skip plan.
+
+    ``name`` is the policy's name as the nodes report it ('proportional' or 'plan:<file stem>');
+    a plan also carries ``plan_fingerprint`` (sha256 of its removal order: what makes two plans
+    the same), the sha256 of the weights it was learned on and, for the reader, its file.
+    """
+
+    name: str = PROPORTIONAL_POLICY
+    plan_fingerprint: str | None = None
+    weights_sha256: str | None = None
+    plan_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.is_proportional:
+            extra = [k for k in ('plan_fingerprint', 'weights_sha256', 'plan_file')
+                     if getattr(self, k) is not None]
+            if extra:
+                raise ProfileError(f'skip_policy {PROPORTIONAL_POLICY!r} takes no {extra!r}')
+            return
+        if not isinstance(self.name, str) or not self.name.startswith('plan:') \
+                or len(self.name) == len('plan:'):
+            raise ProfileError(f"skip_policy name must be {PROPORTIONAL_POLICY!r} or "
+                               f"'plan:<name>', got {self.name!r}")
+        if not _is_sha256(self.plan_fingerprint):
+            raise ProfileError(f'skip_policy plan_fingerprint must be 64 lowercase hex digits, '
+                               f'got {self.plan_fingerprint!r}')
+        if self.weights_sha256 is not None and not _is_sha256(self.weights_sha256):
+            raise ProfileError(f'skip_policy weights_sha256 must be 64 lowercase hex digits, '
+                               f'got {self.weights_sha256!r}')
+        if self.plan_file is not None and not isinstance(self.plan_file, str):
+            raise ProfileError(f'skip_policy plan_file must be a string, got {self.plan_file!r}')
+
+    @property
+    def is_proportional(self) -> bool:
+        return self.name == PROPORTIONAL_POLICY
+
+    def to_dict(self) -> str | dict[str, Any]:
+        if self.is_proportional:
+            return PROPORTIONAL_POLICY
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, value: Any) -> SkipPolicyInfo:
+        """'proportional' (or absent: None) or a mapping of the fields; ProfileError else."""
+        if value is None or value == PROPORTIONAL_POLICY:
+            return cls()
+        if not isinstance(value, dict):
+            raise ProfileError(f"skip_policy must be {PROPORTIONAL_POLICY!r} or a mapping "
+                               f"{{name: 'plan:<name>', plan_fingerprint, weights_sha256, "
+                               f"plan_file}}, got {value!r}")
+        unknown = sorted(set(value) - {'name', 'plan_fingerprint', 'weights_sha256', 'plan_file'})
+        if unknown:
+            raise ProfileError(f'skip_policy has unknown keys {unknown!r}')
+        return cls(**value)
+
+
+PROPORTIONAL = SkipPolicyInfo()
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,6 +145,7 @@ class OperatingPointProfile:
     power_model: TwoZonePowerModel | None = None
     model: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    skip_policy: SkipPolicyInfo = PROPORTIONAL
     energy_mj: np.ndarray = field(init=False)
     edp: np.ndarray = field(init=False)
     accuracy_loss: np.ndarray = field(init=False)
@@ -113,6 +188,14 @@ class OperatingPointProfile:
                           ('latency_ms', latency), ('power_w', power), ('power_scale', scale)):
             arr.setflags(write=False)
             set_(self, name, arr)
+        if not isinstance(self.skip_policy, SkipPolicyInfo):
+            raise ProfileError(f'skip_policy must be a SkipPolicyInfo, got {self.skip_policy!r}')
+        weights = self.model.get('sha256')
+        if (self.skip_policy.weights_sha256 is not None and weights is not None
+                and weights != self.skip_policy.weights_sha256):
+            raise ProfileError(
+                f'skip_policy {self.skip_policy.name!r} was learned on weights with sha256 '
+                f'{self.skip_policy.weights_sha256!r}, but the profile is for weights {weights!r}')
         set_(self, 'sources', sources)
         set_(self, 'notes', tuple(self.notes))
         energy = scale[:, None] * power[None, :] * latency
@@ -152,6 +235,7 @@ class OperatingPointProfile:
             'ratios': _floats(self.ratios),
             'frequencies_mhz': _floats(self.frequencies_mhz),
             'reference_frequency_mhz': float(self.reference_frequency_mhz),
+            'skip_policy': self.skip_policy.to_dict(),
             'accuracy': {'values': _floats(self.accuracy),
                          'source': src(self.sources['accuracy'])},
             'latency_ms': {'values': [_floats(row) for row in self.latency_ms],
@@ -245,10 +329,11 @@ def profile_from_dict(data: Any, where: str = '<dict>') -> OperatingPointProfile
                      'power_scale': 'modelled' if scale is None else scale.get('source')},
             reference_frequency_mhz=float(ref),
             latency_rule=str(latency.get('rule', SCALING_RULE)), power_model=power_model,
-            model=dict(data.get('model') or {}), notes=tuple(data.get('notes') or ()))
+            model=dict(data.get('model') or {}), notes=tuple(data.get('notes') or ()),
+            skip_policy=SkipPolicyInfo.from_dict(data.get('skip_policy')))
     except ProfileError as e:
         raise ProfileError(f'{where}: {e}') from e
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise ProfileError(f'{where}: {e}') from e
 
 

@@ -18,6 +18,8 @@ method and the calibration size, and validated when loaded.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from tqdm import tqdm
 
 from pls_perception.complexity import count_macs
 from pls_perception.errors import ProfileError
+from pls_perception.profiles import PROPORTIONAL, SkipPolicyInfo
 from pls_perception.skipping import ProportionalPolicy, SkippableResNet, SkipPolicy
 
 PLAN_FORMAT = 'pls_perception/skip_plan'
@@ -138,9 +141,45 @@ class SkipPlan:
 
     def masks(self, ratio: float) -> Masks:
         """Per stage, per block: True = run the block."""
-        removed = set(self.order[:self.removed_count(ratio)])
+        return self.masks_removing(self.removed_count(ratio))
+
+    def masks_removing(self, count: int) -> Masks:
+        """The masks with the plan's first ``count`` blocks removed."""
+        if not 0 <= count <= len(self.order):
+            raise ValueError(f'can remove 0..{len(self.order)} blocks, got {count!r}')
+        removed = set(self.order[:count])
         return tuple(tuple((s, b) not in removed for b in range(n))
                      for s, n in enumerate(self.depths))
+
+    def ratio_removing(self, count: int) -> float:
+        """The shortest decimal keep ratio that removes exactly the first ``count`` blocks.
+
+        Any ratio in [kept fraction after ``count``, kept fraction after ``count - 1``) does;
+        the short one survives rounding in YAML and tables (0.94, not 0.9347826).
+        """
+        masks = self.masks_removing(count)       # validates count
+        if count == 0:
+            return 1.0
+        kept = self.removable_fraction(masks)
+        for digits in range(1, 13):
+            scale = 10 ** digits
+            ratio = max(math.ceil(round(kept * scale, 6)) / scale, 1 / scale)
+            if ratio <= 1.0 and self.removed_count(ratio) == count:
+                return ratio
+        return max(kept, _MIN_RATIO)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of what decides the masks (architecture, depths, input size, removal order):
+        equal for two plans exactly when they skip the same blocks at every ratio."""
+        key = {'arch': self.arch, 'depths': list(self.depths),
+               'input_size': list(self.input_size), 'order': [list(b) for b in self.order]}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+    def policy_info(self, name: str, plan_file: str | None = None) -> SkipPolicyInfo:
+        """What a profile records about this plan (``name`` as the nodes report it)."""
+        return SkipPolicyInfo(name=name, plan_fingerprint=self.fingerprint,
+                              weights_sha256=self.weights_sha256, plan_file=plan_file)
 
     def removable_fraction(self, masks: Masks) -> float:
         """The fraction of removable MACs that any masks (e.g. PLS's) keep, by this plan's MACs."""
@@ -277,7 +316,22 @@ def load_policy(spec: str, weights_sha256: str | None = None) -> SkipPolicy:
     if spec == 'proportional':
         return ProportionalPolicy()
     path = Path(spec)
-    return PlanPolicy(load_plan(path, weights_sha256), name=f'plan:{path.stem}')
+    return PlanPolicy(load_plan(path, weights_sha256), name=plan_name(path))
+
+
+def plan_name(path: str | Path) -> str:
+    """The policy name of a plan file, as diagnostics and profiles report it."""
+    return f'plan:{Path(path).stem}'
+
+
+def policy_info(spec: str, weights_sha256: str | None = None
+                ) -> tuple[SkipPolicyInfo, SkipPlan | None]:
+    """A ``skip_policy`` spec ('proportional' or a plan file) as a profile records it, and the
+    plan (None for PLS); the plan is validated as by :func:`load_policy`."""
+    if spec == 'proportional':
+        return PROPORTIONAL, None
+    plan = load_plan(spec, weights_sha256)
+    return plan.policy_info(plan_name(spec), str(spec)), plan
 
 
 # --- learning --------------------------------------------------------------------------------

@@ -44,6 +44,9 @@ def _alternatives() -> str:
             f"once) or 'random' (with allow_random, for tests)")
 
 
+RANDOM_WEIGHTS_SEED = 0
+
+
 def _build(arch: str, num_classes: int) -> nn.Module:
     try:
         return torchvision.models.get_model(arch, num_classes=num_classes)
@@ -179,6 +182,11 @@ def load_model(weights: str, arch: str = 'resnet152', num_classes: int | None = 
         warnings.warn(f'using RANDOM weights for {arch} ({count} classes): predictions are '
                       'meaningless', stacklevel=2)
         preprocessing, class_names = _conventions(count)
-        return LoadedModel(_wrap(_build(arch, count), arch), preprocessing, class_names,
-                           'random', None, count)
+        # Seeded: the same 'random' network every time, so runs compare and caches keyed by
+        # the weights (ONNX graphs) are reused instead of rebuilt.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            resnet = _build(arch, count)
+        return LoadedModel(_wrap(resnet, arch), preprocessing, class_names, 'random', None,
+                           count)
     return _load_file(Path(weights).expanduser(), arch, num_classes)

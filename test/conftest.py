@@ -40,3 +40,5 @@ if 'PLS_TEST_KEEP_DOMAIN' not in os.environ:
 os.environ.setdefault('ROS_LOG_DIR', tempfile.mkdtemp(prefix='pls_ros_log_'))
 os.environ.setdefault('AMENT_PREFIX_PATH', sys.prefix)
 os.environ.setdefault('MPLBACKEND', 'Agg')
+# ONNX graphs built by tests (random or tiny networks) go to a throw-away cache shared by the run.
+os.environ.setdefault('PLS_ONNX_CACHE', tempfile.mkdtemp(prefix='pls_onnx_cache_'))

@@ -10,7 +10,8 @@ import yaml
 from pls_perception.errors import ProfileError
 from pls_perception.optimizer import solve
 from pls_perception.paths import config_dir
-from pls_perception.profiles import load_profile, profile_from_dict, save_profile
+from pls_perception.profiles import (PROPORTIONAL, SkipPolicyInfo, load_profile,
+                                     profile_from_dict, save_profile)
 
 PROFILES = config_dir() / 'profiles'
 
@@ -71,6 +72,51 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
     bad.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ProfileError, match='mapping'):
         load_profile(bad)
+
+
+PLAN_POLICY = {'name': 'plan:toy', 'plan_fingerprint': 'a' * 64, 'weights_sha256': 'b' * 64,
+               'plan_file': 'config/plans/toy.yaml'}
+
+
+def test_skip_policy_round_trip_and_default(tmp_path: Path) -> None:
+    old = profile_from_dict(small_dict())            # written before the field existed
+    assert old.skip_policy == PROPORTIONAL and old.skip_policy.is_proportional
+    assert old.to_dict()['skip_policy'] == 'proportional'
+    d = small_dict()
+    d['skip_policy'] = dict(PLAN_POLICY)
+    prof = profile_from_dict(d)
+    assert prof.skip_policy == SkipPolicyInfo(**PLAN_POLICY)
+    again = load_profile(save_profile(prof, tmp_path / 'p.yaml'))
+    assert again.skip_policy == prof.skip_policy and not again.skip_policy.is_proportional
+    np.testing.assert_allclose(again.accuracy, prof.accuracy)
+    d['skip_policy'] = 'proportional'
+    assert profile_from_dict(d).skip_policy == PROPORTIONAL
+
+
+@pytest.mark.parametrize('value, match', [
+    ('greedy', 'skip_policy must be'),
+    ({'name': 'plan:toy'}, 'plan_fingerprint'),
+    (dict(PLAN_POLICY, plan_fingerprint='XYZ'), 'plan_fingerprint'),
+    (dict(PLAN_POLICY, weights_sha256='short'), 'weights_sha256'),
+    (dict(PLAN_POLICY, name='toy'), "'plan:<name>'"),
+    (dict(PLAN_POLICY, colour='red'), 'unknown keys'),
+    ({'name': 'proportional', 'plan_fingerprint': 'a' * 64}, 'takes no'),
+])
+def test_skip_policy_validation(value, match: str) -> None:
+    d = small_dict()
+    d['skip_policy'] = value
+    with pytest.raises(ProfileError, match=match):
+        profile_from_dict(d, where='toy.yaml')
+
+
+def test_skip_policy_must_match_the_profiled_weights() -> None:
+    d = small_dict()
+    d['skip_policy'] = dict(PLAN_POLICY)
+    d['model'] = {'sha256': 'c' * 64}
+    with pytest.raises(ProfileError, match='learned on weights'):
+        profile_from_dict(d)
+    d['model'] = {'sha256': 'b' * 64}
+    assert profile_from_dict(d).skip_policy.weights_sha256 == 'b' * 64
 
 
 # --- the shipped Jetson Orin Nano profiles reproduce the paper facts -----------------------

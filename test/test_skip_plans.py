@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 
 from pls_perception.complexity import count_macs
 from pls_perception.errors import ProfileError
+from pls_perception.profiles import PROPORTIONAL
 from pls_perception.skip_plans import (
     PlanPolicy, SkipPlan, _FixedMasksPolicy, block_macs, learn_plan, load_plan, load_policy,
-    removable_blocks, save_plan)
+    policy_info, removable_blocks, save_plan)
 from pls_perception.skipping import ProportionalPolicy, SkippableResNet
 
 SHA = hashlib.sha256(b'weights').hexdigest()
@@ -187,6 +188,41 @@ def test_load_policy(tmp_path: Path) -> None:
     assert isinstance(policy, PlanPolicy)
     assert policy.name == 'plan:my_plan'
     assert load_policy(str(path), None).plan == _plan()
+
+
+def test_fingerprint_identifies_the_removal_order(tmp_path: Path) -> None:
+    plan = _plan()
+    path = tmp_path / 'plan.yaml'
+    save_plan(plan, path)
+    assert load_plan(path).fingerprint == plan.fingerprint
+    assert len(plan.fingerprint) == 64
+    # the search costs and calibration do not change which blocks are skipped, the order does
+    assert _plan(costs=(1.0, 2.0, 3.0, 4.0), calibration_size=99).fingerprint == plan.fingerprint
+    assert _plan(order=removable_blocks(DEPTHS)).fingerprint != plan.fingerprint
+
+
+def test_ratio_removing_is_short_and_exact() -> None:
+    big = _plan((3, 8, 36, 3), macs=4456448)
+    for count in range(47):
+        ratio = big.ratio_removing(count)
+        assert big.removed_count(ratio) == count
+        assert ratio == round(ratio, 6)         # survives 6-digit rounding in YAML and tables
+    assert [big.ratio_removing(k) for k in (0, 3, 12, 24, 46)] == [1.0, 0.94, 0.74, 0.48, 0.01]
+    assert big.masks_removing(3) == big.masks(0.94)
+    with pytest.raises(ValueError, match='0..46'):
+        big.masks_removing(47)
+
+
+def test_policy_info(tmp_path: Path) -> None:
+    assert policy_info('proportional') == (PROPORTIONAL, None)
+    path = tmp_path / 'my_plan.yaml'
+    save_plan(_plan(), path)
+    info, plan = policy_info(str(path), SHA)
+    assert plan == _plan()
+    assert (info.name, info.plan_fingerprint, info.weights_sha256, info.plan_file) == (
+        'plan:my_plan', plan.fingerprint, SHA, str(path))
+    with pytest.raises(ProfileError, match='sha256'):
+        policy_info(str(path), '0' * 64)
 
 
 def test_plan_policy_caches_masks_and_checks_depths() -> None:

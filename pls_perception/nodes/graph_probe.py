@@ -2,7 +2,7 @@
 
 Benchmarks (bench/) and the load/fault tests start the real node executables as separate
 processes and talk to them only over DDS: this module holds that harness once. ``NodeProcess``
-starts an executable with a parameters file and stops it cleanly; ``PipelineProbe`` is an rclpy
+starts an executable with parameter files and stops it cleanly; ``PipelineProbe`` is an rclpy
 node that publishes camera frames and latency budgets, records classifications, diagnostics and
 parameter events with receive times, and calls the lifecycle and parameter services.
 """
@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,26 +52,34 @@ def rss_mb(pid: int) -> float:
 
 
 class NodeProcess:
-    """One node executable (``python -m <module>``) in its own process, parameters from a file.
+    """One node executable in its own process, given parameters the way launch gives them.
 
-    Output goes to a log file (``log_path``) so a failing test or benchmark can show it.
+    Runs ``command`` (default ``python -m <module>``) with ``--params-file`` for each of
+    ``params_files`` and then for ``parameters`` (written to ``<name>_params.yaml``; later files
+    win, as in the parameters list of a launch_ros Node), then ``ros_args``. ``name`` (default:
+    the module's last part) names the files in ``log_dir``. Output goes to ``log_path``
+    (``<name>.log``, appended to unless ``append_log`` is False) so a failure can show it.
     """
 
     def __init__(self, module: str, parameters: Mapping[str, Any] | None = None,
-                 ros_args: list[str] | None = None, log_dir: Path | None = None) -> None:
+                 ros_args: list[str] | None = None, log_dir: Path | None = None, *,
+                 params_files: Sequence[Path] = (), name: str | None = None,
+                 command: Sequence[str] | None = None, append_log: bool = True) -> None:
         self.module = module
+        self.name = name or module.rsplit('.', 1)[-1]
         self._dir = Path(log_dir or tempfile.mkdtemp(prefix='pls_proc_'))
         self._dir.mkdir(parents=True, exist_ok=True)
-        stem = module.rsplit('.', 1)[-1]
-        self.params_path = self._dir / f'{stem}_params.yaml'
+        self.params_path = self._dir / f'{self.name}_params.yaml'
         self.params_path.write_text(
             yaml.safe_dump({'/**': {'ros__parameters': dict(parameters or {})}}))
-        self.log_path = self._dir / f'{stem}.log'
-        self._log = self.log_path.open('ab')
-        cmd = [sys.executable, '-u', '-m', module, '--ros-args',
-               '--params-file', str(self.params_path), *(ros_args or [])]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ))
+        self.log_path = self._dir / f'{self.name}.log'
+        self._log = self.log_path.open('ab' if append_log else 'wb')
+        self.cmd = [*(command or [sys.executable, '-m', module]), '--ros-args']
+        for f in [*params_files, self.params_path]:
+            self.cmd += ['--params-file', str(f)]
+        self.cmd += ros_args or []
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, PYTHONUNBUFFERED='1'))
 
     @property
     def pid(self) -> int:
@@ -84,6 +92,10 @@ class NodeProcess:
         if not self._log.closed:
             self._log.flush()
         return self.log_path.read_text(errors='replace')
+
+    def tail(self, lines: int = 15) -> str:
+        """The last ``lines`` lines of the log."""
+        return '\n'.join(self.log_text().splitlines()[-lines:])
 
     def stop(self, timeout_s: float = 10.0) -> int:
         """SIGINT (what Ctrl-C and launch send), then SIGKILL after ``timeout_s``; exit code."""

@@ -6,13 +6,16 @@ frequency. The node adds what only a node can: a lifecycle (configure loads the 
 the DVFS backend, cleanup frees and resets them), parameters that the DVFS manager changes while
 frames flow, and a newest-frame-wins pipeline:
 
-- the image subscription callback only stores the newest frame (an overwritten frame counts as
-  dropped) and wakes the inference callback through a guard condition;
-- inference runs in its own mutually exclusive callback group, so parameter services, lifecycle
-  services and diagnostics (default group) are never stuck behind a slow frame under the
-  ``MultiThreadedExecutor``;
-- a (keep_ratio, frequency_mhz) change is stored as one pair under a lock and applied between
-  frames, so an atomic update of both never lands half-way or in the middle of a frame.
+- the image subscription callback only stores the newest frame in a one-frame slot (an
+  overwritten frame counts as dropped);
+- inference runs in the node's own thread, never in an executor callback, and the node spins a
+  ``SingleThreadedExecutor``: parameter, lifecycle and diagnostics callbacks stay prompt however
+  slow a frame is. (Inference as a ``MultiThreadedExecutor`` callback was the first design: under a
+  100 Hz camera the executor's thread-pool hand-offs kept the GIL so busy that eager PyTorch, which
+  re-takes the GIL at every operator, ran each frame 7x slower and parameter requests waited 4 s);
+- a (keep_ratio, frequency_mhz) change is stored as one pair under a lock and applied by the
+  inference thread between frames (at once when idle), so an atomic update of both never lands
+  half-way or in the middle of a frame.
 """
 from __future__ import annotations
 
@@ -36,9 +39,7 @@ import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.guard_condition import GuardCondition
+from rclpy.executors import ExternalShutdownException
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState
 from rclpy.lifecycle import TransitionCallbackReturn
@@ -52,13 +53,15 @@ from std_msgs.msg import Float64, String
 
 from pls_perception import paths
 from pls_perception.bn_recalibration import load_bn_states
-from pls_perception.dvfs import BACKEND_NAMES, DvfsBackend, get_backend
+from pls_perception.dvfs import BACKEND_NAMES, DvfsBackend, FailoverBackend, get_backend
 from pls_perception.energy import EnergyMeter, profile_power_fn
 from pls_perception.engines import ENGINE_NAMES, InferenceEngine, make_engine
 from pls_perception.errors import BackendError, ImageFormatError, PlsError, WeightsError
+from pls_perception.frame_slot import NewestFrameSlot
 from pls_perception.image_conversion import (DEFAULT_MAX_PIXELS, compressed_to_rgb,
                                              image_to_rgb)
 from pls_perception.nodes.dvfs_manager_node import default_profile_path
+from pls_perception.nodes.spin import make_executor
 from pls_perception.profiles import load_profile
 from pls_perception.skip_plans import load_policy
 from pls_perception.weights import LoadedModel, load_model
@@ -72,6 +75,10 @@ _DEVICE_PATTERN = re.compile(r'^(cpu|cuda(:\d+)?)$')
 RUNTIME_PARAMETERS = ('keep_ratio', 'frequency_mhz')
 # A bad frame every millisecond must not flood the log.
 WARN_THROTTLE_S = 5.0
+# The ratios of the shipped profiles: graphs ready before activation, the manager never waits.
+PREBUILD_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# Longest wait for the frame in flight when deactivating (a frame takes well under a second).
+WORKER_JOIN_S = 30.0
 
 ModelLoader = Callable[..., LoadedModel]
 Transition = Callable[['PerceptionNode', LifecycleState], TransitionCallbackReturn]
@@ -100,12 +107,16 @@ class Setpoint:
 
 @dataclass
 class FrameCounters:
-    """Frames seen by the node since configure. Each field has exactly one writer thread."""
+    """Frames seen by the node since configure. Each field has exactly one writer thread.
+
+    received = processed + dropped + rejected + failed + the frame waiting + the one in flight.
+    """
 
     received: int = 0
     processed: int = 0
     dropped: int = 0
     rejected: int = 0
+    failed: int = 0
     deadline_misses: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -286,6 +297,9 @@ def validate_parameter(name: str, value: Any) -> str | None:
     if name == 'keep_ratio':
         ok = isinstance(value, float) and math.isfinite(value) and 0.0 < value <= 1.0
         return None if ok else f'keep_ratio must be in (0, 1], got {value!r}'
+    if name == 'prebuild_ratios':
+        bad = [r for r in value if not (math.isfinite(r) and 0.0 < r <= 1.0)]
+        return None if not bad else f'prebuild_ratios must all be in (0, 1], got {bad!r}'
     if name == 'frequency_mhz':
         ok = isinstance(value, float) and math.isfinite(value) and value >= 0.0
         return None if ok else (
@@ -322,10 +336,9 @@ class PerceptionNode(LifecycleNode):
         self._image_sub: Optional[Subscription] = None
         self._budget_sub: Optional[Subscription] = None
         self._diagnostics_timer: Optional[Timer] = None
-        self._frame_ready: Optional[GuardCondition] = None
-        self._frame_lock = threading.Lock()
-        self._pending: Optional[tuple[Any, float]] = None  # (message, receive time)
-        self._processing = False
+        # (message, receive time) from the image callback to the inference thread
+        self._slot: Optional[NewestFrameSlot[tuple[Any, float]]] = None
+        self._worker: Optional[threading.Thread] = None
         self._setpoint_lock = threading.Lock()
         self._requested = Setpoint(1.0, 0.0)
         self._counters = FrameCounters()
@@ -333,8 +346,6 @@ class PerceptionNode(LifecycleNode):
         self._budget_ms: Optional[float] = None
         self._info: dict[str, Any] = {}
         super().__init__(node_name, **kwargs)
-        self._inference_group = MutuallyExclusiveCallbackGroup()
-        self._input_group = MutuallyExclusiveCallbackGroup()
         self._guard_change_state_service()
         self._declare_parameters()
         self._requested = Setpoint(self.get_parameter('keep_ratio').value,
@@ -389,7 +400,11 @@ class PerceptionNode(LifecycleNode):
             'network input [H, W]; [0, 0] = the size the weights were trained for'))
         declare('device', 'cpu', d("torch device: 'cpu', 'cuda' or 'cuda:N'"))
         declare('dvfs_backend', 'auto', d(
-            f'DVFS backend, one of {BACKEND_NAMES}; auto = first real one, else simulated'))
+            f'DVFS backend, one of {BACKEND_NAMES}; auto = first real one, else simulated. A '
+            'real backend that fails while running is replaced by the simulated one (ERROR in '
+            '/diagnostics)'))
+        declare('dvfs_sysfs_root', '/', d(
+            'root the DVFS backends find sys/ under (a container bind mount, or a test tree)'))
         declare('energy_profile', '', d(
             'operating-point profile whose power model gives the modelled energy per frame '
             "(measured with zeus on a real backend when available); '' = the shipped Orin Nano "
@@ -397,7 +412,16 @@ class PerceptionNode(LifecycleNode):
         declare('bn_recalibration', '', d(
             'per-ratio BatchNorm statistics file (see pls_perception.bn_recalibration); '
             'empty = off'))
-        declare('engine', 'torch', d(f'inference engine, one of {ENGINE_NAMES}'))
+        declare('engine', 'auto', d(
+            f'inference engine, one of {ENGINE_NAMES}; auto = onnxruntime on the CPU when '
+            'installed (about 4x faster than eager torch at batch 1), else torch'))
+        declare('prebuild_ratios', list(PREBUILD_RATIOS), d(
+            'onnxruntime engine: keep ratios whose graphs are built (or loaded from the cache) at '
+            'configure, besides keep_ratio; any other ratio is built in the background when first '
+            'asked for, the previous ratio serving meanwhile (see /diagnostics)'))
+        declare('onnx_cache_dir', '', d(
+            "onnxruntime engine: graph cache directory; '' = $PLS_ONNX_CACHE, else "
+            '~/.cache/pls_perception/onnx'))
         declare('skip_policy', 'proportional', d(
             "which blocks a ratio keeps: 'proportional' or a skip-plan file (pls-plan)"))
         declare('image_transport', 'raw', d(
@@ -451,6 +475,9 @@ class PerceptionNode(LifecycleNode):
                     self._requested,
                     keep_ratio=values.get('keep_ratio', self._requested.keep_ratio),
                     freq_mhz=values.get('frequency_mhz', self._requested.freq_mhz))
+            slot = self._slot
+            if slot is not None:
+                slot.nudge()  # applied by the inference thread now, not at the next frame
         return SetParametersResult(successful=True)
 
     def _param(self, name: str) -> Any:
@@ -522,12 +549,15 @@ class PerceptionNode(LifecycleNode):
         policy = load_policy(self._param('skip_policy'), loaded.sha256)
         loaded.model.set_policy(policy)
         self._apply_bn_recalibration(loaded)
-        backend = get_backend(self._param('dvfs_backend'))
+        backend = get_backend(self._param('dvfs_backend'),
+                              sysfs_root=self._param('dvfs_sysfs_root'), failover=True)
         try:
             meter = self._energy_meter(backend)
-            # onnxruntime options (the torch engine ignores them): build the first ratio now.
+            # onnxruntime options (the torch engine ignores them): build these ratios now.
             engine = make_engine(self._param('engine'), loaded, device=device,
                                  keep_ratio=self._take_setpoint().keep_ratio,
+                                 ratios=list(self._param('prebuild_ratios')),
+                                 cache_dir=self._param('onnx_cache_dir') or None,
                                  intra_op_threads=self._param('num_threads'))
         except BaseException:
             backend.reset()
@@ -566,8 +596,6 @@ class PerceptionNode(LifecycleNode):
             Float64, '/latency_budget', self._on_budget, 10)
         self._diagnostics_timer = self.create_timer(
             self._param('diagnostics_period_s'), self._publish_diagnostics)
-        self._frame_ready = self.create_guard_condition(
-            self._on_frame_ready, callback_group=self._inference_group)
 
     @_log_bugs
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -576,11 +604,13 @@ class PerceptionNode(LifecycleNode):
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self._param('qos_depth'),
                          reliability=reliability, durability=DurabilityPolicy.VOLATILE)
         compressed = self._param('image_transport') == 'compressed'
-        self._processing = True
+        self._slot = slot = NewestFrameSlot()
+        self._worker = threading.Thread(target=self._serve, args=(slot,), daemon=True,
+                                        name='pls_inference')
+        self._worker.start()
         self._image_sub = self.create_subscription(
             CompressedImage if compressed else Image,
-            'image/compressed' if compressed else 'image',
-            self._on_image, qos, callback_group=self._input_group)
+            'image/compressed' if compressed else 'image', self._on_image, qos)
         self.get_logger().info(f'active: classifying {self._image_sub.topic_name}')
         return super().on_activate(state)
 
@@ -609,19 +639,22 @@ class PerceptionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _stop_processing(self) -> None:
-        self._processing = False
+        """Unsubscribe, drop the waiting frame, let the frame in flight finish, stop the thread."""
         if self._image_sub is not None:
             self.destroy_subscription(self._image_sub)
             self._image_sub = None
-        with self._frame_lock:
-            self._pending = None
+        slot, worker, self._slot, self._worker = self._slot, self._worker, None, None
+        if slot is not None and slot.close() is not None:
+            self._counters.dropped += 1
+        if worker is not None:
+            worker.join(WORKER_JOIN_S)
+            if worker.is_alive():
+                self.get_logger().error(f'the inference thread did not stop within '
+                                        f'{WORKER_JOIN_S:g} s; continuing without it')
 
     def _teardown(self) -> None:
         """Undo configure (and activate); safe from any state and idempotent."""
         self._stop_processing()
-        if self._frame_ready is not None:
-            self.destroy_guard_condition(self._frame_ready)
-            self._frame_ready = None
         if self._diagnostics_timer is not None:
             self.destroy_timer(self._diagnostics_timer)
             self._diagnostics_timer = None
@@ -645,23 +678,13 @@ class PerceptionNode(LifecycleNode):
 
     # ------------------------------------------------------------------ frames
     def _on_image(self, msg: Image | CompressedImage) -> None:
-        """Keep only the newest frame; the inference callback picks it up."""
-        with self._frame_lock:
-            self._counters.received += 1
-            if self._pending is not None:
-                self._counters.dropped += 1
-            self._pending = (msg, time.monotonic())  # (frame, when it arrived)
-        frame_ready = self._frame_ready
-        if frame_ready is not None:
-            frame_ready.trigger()
-
-    def _on_frame_ready(self) -> None:
-        while self._processing:
-            with self._frame_lock:
-                item, self._pending = self._pending, None
-            if item is None:
-                return
-            self._process(*item)
+        """Keep only the newest frame; the inference thread picks it up."""
+        slot = self._slot
+        if slot is None:
+            return
+        self._counters.received += 1
+        if slot.put((msg, time.monotonic())):  # (frame, when it arrived)
+            self._counters.dropped += 1
 
     def _take_setpoint(self) -> Setpoint:
         with self._setpoint_lock:
@@ -674,17 +697,36 @@ class PerceptionNode(LifecycleNode):
         return image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian,
                             msg.data, max_pixels=limit)
 
-    def _process(self, msg: Image | CompressedImage, received_at: float) -> None:
+    def _serve(self, slot: NewestFrameSlot[tuple[Any, float]]) -> None:
+        """The inference thread: apply the requested operating point, classify the newest frame.
+
+        Nothing a frame does may end the thread: an unexpected error is logged and counted.
+        """
+        while slot.wait():
+            item = slot.pop()
+            try:
+                self._process(item)
+            except Exception:
+                self._counters.failed += 1
+                self.get_logger().error(
+                    f'frame failed ({self._counters.failed} so far; a bug, please report it):\n'
+                    f'{traceback.format_exc()}', throttle_duration_sec=WARN_THROTTLE_S)
+
+    def _process(self, item: tuple[Image | CompressedImage, float] | None) -> None:
+        """Apply the setpoint, then classify ``item`` (if any) and publish the result."""
         with self._pipeline_lock:
-            queue_ms = (time.monotonic() - received_at) * 1e3
             pipeline = self._pipeline
-            if pipeline is None or not self._processing:
+            if pipeline is None:
                 return
             try:
                 pipeline.apply(self._take_setpoint())
             except (BackendError, ValueError) as e:
                 self.get_logger().error(f'cannot apply the operating point: {e}',
                                         throttle_duration_sec=WARN_THROTTLE_S)
+            if item is None:
+                return
+            msg, received_at = item
+            queue_ms = (time.monotonic() - received_at) * 1e3
             try:
                 rgb = self._to_rgb(msg)
             except ImageFormatError as e:
@@ -712,37 +754,59 @@ class PerceptionNode(LifecycleNode):
 
     # ------------------------------------------------------------------ diagnostics
     def diagnostics_status(self) -> DiagnosticStatus:
-        """The node's one DiagnosticStatus (also used by tests)."""
+        """The node's one DiagnosticStatus (also used by tests).
+
+        ERROR when the DVFS backend failed (the node runs on the simulated one); WARN for deadline
+        misses, malformed or failed frames, and a requested ratio still being built.
+        """
         pipeline = self._pipeline
         window = self._window.summary() if self._window else {}
         counters = self._counters.as_dict()
         values: dict[str, str] = {'state': self.lifecycle_state}
+        problems: list[str] = []
+        fault = None
         if pipeline is not None:
+            backend, engine = pipeline.backend, pipeline.engine
             values.update({
-                'keep_ratio': f'{pipeline.engine.keep_ratio:g}',
-                'frequency_mhz': f'{pipeline.backend.current_frequency_mhz():g}',
+                'keep_ratio': f'{engine.keep_ratio:g}',
+                'frequency_mhz': f'{backend.current_frequency_mhz():g}',
                 'frequency_requested_mhz': f'{self._take_setpoint().freq_mhz:g}',
-                'dvfs_backend': pipeline.backend.name,
-                'dvfs_kind': 'real' if pipeline.backend.is_real else 'simulated',
-                'engine': pipeline.engine.name,
+                'dvfs_backend': backend.name,
+                'dvfs_kind': 'real' if backend.is_real else 'simulated',
+                'engine': engine.name,
                 'skip_policy': self._info.get('skip_policy', ''),
                 'energy_source': pipeline.meter.source if pipeline.meter else 'none',
             })
+            if isinstance(backend, FailoverBackend) and backend.fault is not None:
+                fault = f'DVFS backend failed ({backend.fault}): running on the simulated backend'
+                values['dvfs_fault'] = backend.fault
+            status = engine.status()
+            pending = status.get('pending_ratios', [])
+            values['engine_pending_ratios'] = ' '.join(f'{r:g}' for r in pending) or 'none'
+            if pending:
+                problems.append(f'building the graph of ratio {status["requested_ratio"]:g}, '
+                                f'serving {status["active_ratio"]:g} meanwhile')
+            if status.get('build_errors'):
+                values['engine_build_errors'] = '; '.join(status['build_errors'])
+                problems.append(f'engine build errors: {values["engine_build_errors"]}')
         values.update({('window_frames' if k == 'frames' else k):
                        (f'{v:.4f}' if isinstance(v, float) else str(v))
                        for k, v in window.items()})
         values.update({f'frames_{k}': str(v) for k, v in counters.items()})
         values['budget_ms'] = 'none' if self._budget_ms is None else f'{self._budget_ms:g}'
+        if counters['deadline_misses'] or counters['rejected'] or counters['failed']:
+            problems.insert(0, f'{counters["deadline_misses"]} deadline misses, '
+                               f'{counters["rejected"]} malformed frames, '
+                               f'{counters["failed"]} failed frames')
         status = DiagnosticStatus(name=f'{self.get_fully_qualified_name()}: inference',
                                   hardware_id=values.get('dvfs_backend', 'none'))
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        if counters['deadline_misses'] or counters['rejected']:
-            status.level = DiagnosticStatus.WARN
-            status.message = (f'{counters["deadline_misses"]} deadline misses, '
-                              f'{counters["rejected"]} malformed frames')
+        if fault is not None:
+            status.level, status.message = DiagnosticStatus.ERROR, '; '.join([fault, *problems])
+        elif problems:
+            status.level, status.message = DiagnosticStatus.WARN, '; '.join(problems)
         else:
-            status.level = DiagnosticStatus.OK
-            status.message = self.lifecycle_state
+            status.level, status.message = DiagnosticStatus.OK, self.lifecycle_state
         return status
 
     def _publish_diagnostics(self) -> None:
@@ -761,7 +825,7 @@ def main(args: list[str] | None = None) -> None:
     node: Optional[PerceptionNode] = None
     try:
         node = PerceptionNode()
-        executor = MultiThreadedExecutor(num_threads=4)
+        executor = make_executor()
         executor.add_node(node)
         if node.get_parameter('autostart').value:
             if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:

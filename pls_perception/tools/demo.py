@@ -13,10 +13,7 @@ import argparse
 import csv
 import json
 import math
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -87,45 +84,6 @@ def executable(name: str, module: str) -> list[str]:
         return [str(script)]
     found = shutil.which(name)
     return [found] if found else [sys.executable, '-m', module]
-
-
-class NodeProcess:
-    """One node executable in its own process, with params files + overrides (as launch does)."""
-
-    def __init__(self, name: str, module: str, params_files: Sequence[Path],
-                 overrides: dict[str, Any], log_dir: Path, log_level: str = 'info') -> None:
-        self.name = name
-        args = ['--ros-args', '--log-level', log_level]
-        # Later files win, as the parameters list of a launch_ros Node.
-        overrides_file = log_dir / f'{name}_overrides.yaml'
-        overrides_file.write_text(yaml.safe_dump({'/**': {'ros__parameters': overrides}}))
-        for f in [*params_files, overrides_file]:
-            if f.is_file():
-                args += ['--params-file', str(f)]
-        self.cmd = [*executable(name, module), *args]
-        self.log_path = log_dir / f'{name}.log'
-        self._log = self.log_path.open('wb')
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, PYTHONUNBUFFERED='1'))
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, lines: int = 15) -> str:
-        self._log.flush()
-        return '\n'.join(self.log_path.read_text(errors='replace').splitlines()[-lines:])
-
-    def stop(self, timeout_s: float = 10.0) -> int:
-        """SIGINT (what launch sends), then SIGKILL; returns the exit code."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout_s)
-        self._log.close()
-        return self.proc.returncode
 
 
 class Monitor:
@@ -429,6 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     console = _console()
     from pls_perception.nodes.dvfs_manager_node import default_profile_path
+    from pls_perception.nodes.graph_probe import NodeProcess
 
     profile_path = args.profile or str(default_profile_path())
     profile = load_profile(profile_path)
@@ -456,19 +415,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print(f'weights {weights}\nimages  {images}\nprofile {profile_path}\n'
                   f'DVFS    {args.backend}\nbudget  {schedule}\nlogs    {log_dir}')
     processes: list[NodeProcess] = []
+
+    def spawn(name: str, module: str, files: list[Path], overrides: dict[str, Any]) -> None:
+        processes.append(NodeProcess(
+            module, overrides, ['--log-level', args.log_level], log_dir, params_files=files,
+            name=name, command=executable(name, module), append_log=False))
+
     monitor = Monitor(profile)
     view: View | None = None
     try:
-        for name, (module, files, overrides) in specs.items():
-            processes.append(NodeProcess(name, module, files, overrides, log_dir,
-                                         args.log_level))
+        for name, spec in specs.items():
+            spawn(name, *spec)
         console.print('configuring and activating the perception node ...')
         monitor.activate(args.startup_timeout)
-        processes.append(NodeProcess(
-            'budget_schedule', 'pls_perception.nodes.budget_schedule_node', [demo_yaml],
-            # + this monitor as a third /latency_budget subscriber
-            {'schedule': args.schedule, 'loop': True, 'wait_for_subscribers': 3}, log_dir,
-            args.log_level))
+        spawn('budget_schedule', 'pls_perception.nodes.budget_schedule_node', [demo_yaml],
+              # + this monitor as a third /latency_budget subscriber
+              {'schedule': args.schedule, 'loop': True, 'wait_for_subscribers': 3})
         view = View(live=not args.no_live)
         start = time.monotonic()
         while True:

@@ -175,7 +175,8 @@ def _compare(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     meta = {'weights': loaded.source, 'weights_sha256': loaded.sha256, 'plan': str(args.plan),
-            'plan_method': plan.method, 'plan_cost': plan.cost,
+            'plan_fingerprint': plan.fingerprint, 'plan_method': plan.method,
+            'plan_cost': plan.cost,
             'plan_calibration_size': plan.calibration_size, 'test_images': int(len(labels)),
             'bn_recalibration_images': args.bn_recalibration_images}
     (output_dir / 'plan_comparison.json').write_text(

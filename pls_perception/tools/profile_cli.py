@@ -7,13 +7,17 @@ clock, which is taken as the reference (highest) frequency of the list, and the 
 are derived by the rule t(r,f) = t(r,f_ref) * f_ref / f ('scaled').
 Power: from a power model: another profile's (``--power-from``, default the shipped Orin Nano CPU
 profile) or explicit two-zone coefficients (``--power-model``): always 'modelled'.
-Accuracy: a JSON file (``--accuracy``) or a CIFAR-10 evaluation of ``--accuracy-images`` images
-through pls_perception.evaluation ('measured').
+Accuracy: an accuracy table (``--accuracy``: pls-eval's table1.json, pls-plan compare's
+plan_comparison.json, or {'accuracy': {ratio: top1}}) or a CIFAR-10 evaluation of
+``--accuracy-images`` images through pls_perception.evaluation ('measured').
+Skip policy: ``--skip-policy <plan.yaml>`` profiles a skip plan instead of PLS: latency and
+accuracy are taken under the plan, the table must have been made with that plan (and weights),
+and the profile records the plan (skip_policy). ``--from-profile <PLS profile>`` measures nothing:
+each plan ratio takes the latency and power of the PLS ratio running the same MACs.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -21,7 +25,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -30,9 +33,12 @@ from pls_perception import paths
 from pls_perception.dvfs import BACKEND_NAMES, DvfsBackend, get_backend
 from pls_perception.engines import ENGINE_NAMES, InferenceEngine, make_engine
 from pls_perception.errors import PlsError
+from pls_perception.policy_profiles import (AccuracyTable, derive_plan_profile,
+                                            load_accuracy_table)
 from pls_perception.power_model import TwoZonePowerModel
 from pls_perception.profiles import (SCALING_RULE, OperatingPointProfile, load_profile,
                                      resolve_profile_path, save_profile)
+from pls_perception.skip_plans import PlanPolicy, policy_info
 
 DEFAULT_RATIOS = '0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0'
 
@@ -104,19 +110,6 @@ def measure_latency_grid(engine: InferenceEngine, batch: np.ndarray, ratios: Seq
     return latency, sources
 
 
-def load_accuracy_file(path: str | Path) -> dict[float, float]:
-    """{'accuracy': {ratio: top1}} or rows [{'ratio': r, 'accuracy': a}, ...] (top-level list,
-    or under 'results'/'rows')."""
-    data: Any = json.loads(Path(path).read_text())
-    if isinstance(data, dict) and isinstance(data.get('accuracy'), dict):
-        return {float(k): float(v) for k, v in data['accuracy'].items()}
-    rows = data.get('results', data.get('rows')) if isinstance(data, dict) else data
-    if not isinstance(rows, list):
-        raise ValueError(f"{path}: expected {{'accuracy': {{ratio: value}}}} or a list of rows")
-    return {float(row['ratio']): float(row['accuracy']) for row in rows
-            if isinstance(row.get('ratio'), (int, float))}
-
-
 def evaluate_accuracy(loaded: Any, ratios: Sequence[float], n_per_class: int
                       ) -> dict[float, float]:
     from pls_perception.datasets import load_cifar10
@@ -158,7 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help='state_dict path | imagenet | random (default: shared reference)')
     parser.add_argument('--arch', default='resnet152', help='torchvision ResNet name')
     parser.add_argument('--engine', choices=ENGINE_NAMES, default='torch')
-    parser.add_argument('--ratios', type=parse_floats, default=parse_floats(DEFAULT_RATIOS))
+    parser.add_argument('--ratios', type=parse_floats, default=None,
+                        help=f'keep ratios (default: those of --accuracy, else {DEFAULT_RATIOS})')
+    parser.add_argument('--skip-policy', default='proportional', metavar='proportional|PLAN',
+                        help='proportional (PLS) or a skip-plan YAML (pls-plan learn)')
+    parser.add_argument('--from-profile', default=None, metavar='PROFILE',
+                        help='with a plan: measure nothing, take each ratio\'s latency and power '
+                             'from the PLS ratio of this profile that runs the same MACs')
     parser.add_argument('--backend', choices=BACKEND_NAMES, default='auto')
     parser.add_argument('--sysfs-root', default='/')
     parser.add_argument('--frequencies', type=parse_floats, default=None,
@@ -171,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--power-model', type=float, nargs=3, default=None,
                         metavar=('P_STATIC_W', 'C_W_PER_MHZ', 'F_KNEE_MHZ'))
     acc = parser.add_mutually_exclusive_group(required=True)
-    acc.add_argument('--accuracy', help="JSON of top-1 per ratio (e.g. from pls-eval)")
+    acc.add_argument('--accuracy', metavar='TABLE',
+                     help='accuracy table made with the same policy and weights (pls-eval '
+                          'table1.json, pls-plan compare plan_comparison.json, ...)')
     acc.add_argument('--accuracy-images', type=int, metavar='PER_CLASS',
                      help='evaluate this many CIFAR-10 test images per class')
     parser.add_argument('--device-name', default=None,
@@ -182,44 +183,74 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
+def _ratios(args: argparse.Namespace, table: AccuracyTable | None) -> list[float]:
+    if args.ratios:
+        return sorted(args.ratios)
+    return table.ratios if table is not None else parse_floats(DEFAULT_RATIOS)
+
+
+def derive(args: argparse.Namespace) -> OperatingPointProfile:
+    """A plan profile from a PLS profile (--from-profile) and the plan's accuracy table."""
+    if not args.accuracy:
+        raise ValueError('--from-profile takes the accuracy from a table made with the plan '
+                         '(--accuracy, e.g. pls-plan compare\'s plan_comparison.json)')
+    policy, plan = policy_info(args.skip_policy)
+    if plan is None:
+        raise ValueError('--from-profile derives a skip-plan profile from a PLS one; give '
+                         '--skip-policy <plan.yaml>')
+    base_path = resolve_profile_path(args.from_profile)
+    base = load_profile(base_path)
+    table = load_accuracy_table(args.accuracy, plan, policy, base.model.get('sha256'))
+    ratios = _ratios(args, table)
+    return derive_plan_profile(base, plan, policy, ratios, table.at(ratios), table.note,
+                               base_path.name)
+
+
+def measure(args: argparse.Namespace) -> OperatingPointProfile:
+    """Latency measured on this machine under the skip policy, accuracy from a table or a run."""
+    from pls_perception.weights import load_model
+    weights = args.weights or str(paths.reference_weights())
+    # random weights are fine for timing; their accuracy must then come from --accuracy
+    loaded = load_model(weights, arch=args.arch, allow_random=weights == 'random')
+    policy, plan = policy_info(args.skip_policy, loaded.sha256)
+    if plan is not None:
+        loaded.model.set_policy(PlanPolicy(plan, name=policy.name))
+    table = (load_accuracy_table(args.accuracy, plan, policy, loaded.sha256)
+             if args.accuracy else None)
+    ratios = _ratios(args, table)
+    if table is not None:
+        accuracy, accuracy_note = table.at(ratios), table.note
+    else:
+        measured = evaluate_accuracy(loaded, ratios, args.accuracy_images)
+        accuracy = [measured[r] for r in ratios]
+        accuracy_note = (f'CIFAR-10 test, {args.accuracy_images} images per class, under '
+                         f'{policy.name}')
+    model, power_note = power_model_from(args)
+    backend = get_backend(args.backend, sysfs_root=args.sysfs_root,
+                          **({'frequencies_mhz': args.frequencies}
+                             if args.backend == 'simulated' and args.frequencies else {}))
+    freqs = sorted(args.frequencies or backend.available_frequencies_mhz())
+    engine = make_engine(args.engine, loaded)
+    h, w = loaded.preprocessing.input_size
+    batch = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
     try:
-        from pls_perception.weights import load_model
-        weights = args.weights or str(paths.reference_weights())
-        # random weights are fine for timing; their accuracy must then come from --accuracy
-        loaded = load_model(weights, arch=args.arch, allow_random=weights == 'random')
-        ratios = sorted(args.ratios)
-        accuracy = (load_accuracy_file(args.accuracy) if args.accuracy
-                    else evaluate_accuracy(loaded, ratios, args.accuracy_images))
-        missing = [r for r in ratios if r not in accuracy]
-        if missing:
-            raise ValueError(f'no accuracy for ratios {missing!r}')
-        model, power_note = power_model_from(args)
-        backend = get_backend(args.backend, sysfs_root=args.sysfs_root,
-                              **({'frequencies_mhz': args.frequencies}
-                                 if args.backend == 'simulated' and args.frequencies else {}))
-        freqs = sorted(args.frequencies or backend.available_frequencies_mhz())
-        engine = make_engine(args.engine, loaded)
-        h, w = loaded.preprocessing.input_size
-        batch = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
         latency, lat_src = measure_latency_grid(engine, batch, ratios, backend, freqs,
                                                 args.repeats, args.warmup,
                                                 progress=not args.no_progress)
+    finally:
         engine.close()
-    except (PlsError, ValueError, OSError) as e:
-        print(f'pls-profile: error: {e}', file=sys.stderr)
-        return 2
     rule = SCALING_RULE if not backend.is_real else 'all entries measured (real DVFS sweep)'
-    profile = OperatingPointProfile(
+    policy_note = ('' if plan is None else
+                   f' Skip policy {policy.name} ({args.skip_policy}, fingerprint '
+                   f'{plan.fingerprint}): latency and accuracy are the plan\'s.')
+    return OperatingPointProfile(
         device_name=args.device_name or f'{cpu_name()} ({platform.node()})',
         device_kind=args.kind, ratios=ratios,
-        frequencies_mhz=freqs, accuracy=[accuracy[r] for r in ratios], latency_ms=latency,
+        frequencies_mhz=freqs, accuracy=accuracy, latency_ms=latency,
         power_w=model.power_w(np.asarray(freqs)), power_model=model,
         reference_frequency_mhz=float(max(freqs)),
         sources={'accuracy': 'measured', 'latency_ms': lat_src, 'power_w': 'modelled'},
-        latency_rule=rule,
+        latency_rule=rule, skip_policy=policy,
         model={'arch': loaded.model.__class__.__name__, 'weights': loaded.source,
                'sha256': loaded.sha256, 'engine': engine.name,
                'input_size': [int(h), int(w)], 'batch_size': 1, 'torch_threads': args.threads,
@@ -229,10 +260,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             f'DVFS backend {backend.name} ({"real" if backend.is_real else "simulated"}).'
             + ('' if backend.is_real else
                f' The machine ran at its own clock, taken as f_ref = {max(freqs):g} MHz; other '
-               f'frequencies follow {SCALING_RULE}.'),
+               f'frequencies follow {SCALING_RULE}.') + policy_note,
             f'Power is modelled: {power_note}.',
-            'Accuracy: ' + (f'from {args.accuracy}' if args.accuracy else
-                            f'CIFAR-10 test, {args.accuracy_images} images per class')))
+            f'Accuracy: {accuracy_note}'))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        profile = derive(args) if args.from_profile else measure(args)
+    except (PlsError, ValueError, OSError) as e:
+        print(f'pls-profile: error: {e}', file=sys.stderr)
+        return 2
     print(save_profile(profile, args.out))
     return 0
 
