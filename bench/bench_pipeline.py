@@ -1,24 +1,40 @@
-"""The running system as its users judge it: pipeline overhead, reaction time, latency vs ratio,
-budget tracking. Every figure comes from the real node executables in separate processes over
-loopback DDS, measured side by side in one run (the only way to compare on a shared machine).
+"""The running system as its users judge it, per engine: overhead, frame rate, reaction, tracking.
 
-1. Overhead and latency vs ratio: frames go one at a time through the perception node (publish to
-   classification received) and, interleaved frame by frame, through the same model in this
-   process (bare preprocessing + forward at the same ratio). Ratios are visited round-robin so
-   every ratio sees the same machine load. Overhead target: < 10 % at r = 1 and r = 0.5.
-2. Reaction time: /latency_budget published -> the manager's (keep_ratio, frequency_mhz) set in
-   the perception node (seen on its /parameter_events; the node applies it before its next
-   frame), over alternating budgets, frames flowing at 10 Hz. Target: p95 < 50 ms.
-3. Budget tracking: a stepped budget schedule (scaled to the full network's latency measured in
-   step 1) while frames arrive at 30 Hz, for PLS+DVFS (the manager as shipped: joint strategy,
-   closed loop) against r = 1 at f_max (no manager) and r = 1 at the frequency that meets the
-   budget (the manager on the profile restricted to r = 1, least energy): fraction of processed
-   frames within budget, modelled energy per frame (profile power x measured latency).
+Pipeline overhead and sustainable frame rate per inference engine, reaction time, latency vs
+ratio, budget tracking. Every figure comes from the real node executables in separate processes
+over loopback DDS, measured side by side in one run (the only way to compare on a shared
+machine).
+
+1. Overhead and latency vs ratio, per engine (``--engines``, default torch and onnxruntime): the
+   perception node runs with that engine, and frames go one at a time through it (publish to
+   classification received) and, interleaved frame by frame, through the same engine in this
+   process (bare preprocessing + ``engine.infer`` at the same ratio, same threads). Ratios are
+   visited round-robin so every ratio sees the same machine load. Overhead is reported relative
+   (target < 10 % at r = 1 and r = 0.5) and absolute: a faster engine makes the same DDS cost a
+   bigger fraction.
+2. Sustainable frame rate, per engine: frames published at ``--flood-factor`` times the
+   sequential rate (capped at ``--flood-max-hz``) for ``--flood-s``; processed frames per second,
+   end-to-end latency of the processed frames, and how fast the node answers a parameter
+   request meanwhile.
+3. Reaction time (node default engine): /latency_budget published -> the manager's
+   (keep_ratio, frequency_mhz) set in the perception node (seen on its /parameter_events; the
+   node applies it before its next frame), over alternating budgets, frames flowing at 10 Hz.
+   Target: p95 < 50 ms.
+4. Budget tracking (node default engine): a stepped budget schedule (scaled to the full
+   network's latency measured in step 1) while frames arrive at 30 Hz, for PLS+DVFS (the
+   manager as shipped: joint strategy, closed loop) against r = 1 at f_max (no manager) and
+   r = 1 at the frequency that meets the budget (the manager on the profile restricted to r = 1,
+   least energy): fraction of processed frames within budget, modelled energy per frame
+   (profile power x measured latency).
 
 The node runs with the simulated DVFS backend (no cpufreq on the CI machine) and, like the bare
-model, with ``--threads`` torch threads.
+engine, with ``--threads`` intra-op threads. ONNX graphs for the measured and profile ratios are
+prebuilt (node parameter ``prebuild_ratios``) from the graph cache, which this process fills
+first (keyed by the weights' hash: a second run loads them in well under a second each).
 
-Writes bench/results/bench_pipeline.json and bench_pipeline.png.
+Writes bench/results/bench_pipeline.json and bench_pipeline.png. ``--quick`` is a smoke run
+(three ratios, a few rounds, short phases) whose figures are not meant for the README: it writes
+to a temporary folder unless ``--results-dir`` is given.
 """
 from __future__ import annotations
 
@@ -37,23 +53,34 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from _results import RESULTS_DIR, machine_info, metric, write_result
-from pls_perception import paths
-from pls_perception.budget_schedule import BudgetSchedule
-from pls_perception.complexity import count_macs
-from pls_perception.datasets import load_cifar10
-from pls_perception.nodes.graph_probe import (MANAGER_MODULE, PERCEPTION_MODULE, PipelineProbe,
-                                              probe_session, running_node,
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import (RESULTS_DIR, machine_info, metric, print_metrics,  # noqa: E402
+                      write_result)
+
+from pls_perception import paths  # noqa: E402
+from pls_perception.budget_schedule import BudgetSchedule  # noqa: E402
+from pls_perception.complexity import count_macs  # noqa: E402
+from pls_perception.datasets import load_cifar10  # noqa: E402
+from pls_perception.engines import (ENGINE_NAMES, InferenceEngine, make_engine,  # noqa: E402
+                                    resolve_engine_name)
+from pls_perception.nodes.graph_probe import (MANAGER_MODULE, PERCEPTION_MODULE,  # noqa: E402
+                                              PipelineProbe, probe_session, running_node,
                                               stamp_ns_of)
-from pls_perception.optimizer import solve
-from pls_perception.profiles import (OperatingPointProfile, load_profile, profile_from_dict,
-                                     save_profile)
-from pls_perception.weights import LoadedModel, load_model
+from pls_perception.optimizer import solve  # noqa: E402
+from pls_perception.profiles import (OperatingPointProfile, load_profile,  # noqa: E402
+                                     profile_from_dict, save_profile)
+from pls_perception.weights import LoadedModel, load_model  # noqa: E402
 
 NAME = 'bench_pipeline'
 CURVE_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+DEFAULT_ENGINES = ('torch', 'onnxruntime')
 OVERHEAD_TARGET_PCT = 10.0
 REACTION_TARGET_MS = 50.0
+# Run lengths: the full benchmark, and --quick (a smoke run). An option given explicitly wins.
+FULL = {'ratios': list(CURVE_RATIOS), 'rounds': 40, 'warmup': 3, 'changes': 100, 'step_s': 8.0,
+        'flood_s': 10.0}
+QUICK = {'ratios': [1.0, 0.5, 0.1], 'rounds': 3, 'warmup': 1, 'changes': 6, 'step_s': 1.5,
+         'flood_s': 3.0}
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -80,30 +107,35 @@ def set_ratio(probe: PipelineProbe, keep_ratio: float) -> None:
         raise RuntimeError(f'perception node rejected keep_ratio {keep_ratio}: {results!r}')
 
 
-def bare_inference_s(loaded: LoadedModel, frame: np.ndarray) -> float:
-    """Preprocessing + forward of one frame in this process, as a script would do it."""
+def bare_inference_s(engine: InferenceEngine, loaded: LoadedModel, frame: np.ndarray) -> float:
+    """Preprocessing + inference of one frame in this process, as a script would do it (and as
+    the node does it: ``to_tensor`` then ``engine.infer``)."""
     start = time.perf_counter()
-    with torch.inference_mode():
-        loaded.model(loaded.preprocessing.to_tensor(frame))
+    engine.infer(loaded.preprocessing.to_tensor(frame).numpy())
     return time.perf_counter() - start
 
 
 # ------------------------------------------------------------------ 1. overhead and ratio curve
-def measure_ratio_sweep(probe: PipelineProbe, loaded: LoadedModel, frames: np.ndarray,
-                        ratios: Sequence[float], rounds: int, warmup: int) -> dict[str, Any]:
-    """Round-robin over ratios; per frame: node end-to-end, node-reported inference, bare."""
+def measure_ratio_sweep(probe: PipelineProbe, engine: InferenceEngine, loaded: LoadedModel,
+                        frames: np.ndarray, ratios: Sequence[float], rounds: int,
+                        warmup: int) -> dict[str, Any]:
+    """Round-robin over ratios; per frame: node end-to-end, node-reported inference, bare
+    (``engine`` in this process, the same kind the node runs)."""
     samples: dict[float, dict[str, list[float]]] = {
         r: {'e2e_ms': [], 'node_ms': [], 'bare_ms': []} for r in ratios}
-    for i in tqdm(range(warmup + rounds), desc='ratio sweep', unit='round'):
-        for r in ratios:
-            frame = frames[(i * len(ratios) + ratios.index(r)) % len(frames)]
+    for i in tqdm(range(warmup + rounds), desc=f'ratio sweep ({engine.name})', unit='round'):
+        for j, r in enumerate(ratios):
+            frame = frames[(i * len(ratios) + j) % len(frames)]
             set_ratio(probe, r)
             e2e_s, classification = probe.round_trip(frame)
             if abs(float(classification['keep_ratio']) - r) > 1e-9:
                 raise RuntimeError(f'classification ran at keep_ratio '
                                    f'{classification["keep_ratio"]}, expected {r}')
-            loaded.model.set_keep_ratio(r)
-            bare_s = bare_inference_s(loaded, frame)
+            if classification.get('engine') != engine.name:
+                raise RuntimeError(f'the node runs engine {classification.get("engine")!r}, '
+                                   f'expected {engine.name!r}')
+            engine.set_keep_ratio(r)
+            bare_s = bare_inference_s(engine, loaded, frame)
             if i >= warmup:
                 samples[r]['e2e_ms'].append(e2e_s * 1e3)
                 samples[r]['node_ms'].append(float(classification['latency_ms']))
@@ -130,7 +162,52 @@ def measure_ratio_sweep(probe: PipelineProbe, loaded: LoadedModel, frames: np.nd
     return {'rounds': rounds, 'warmup_rounds': warmup, 'curve': curve}
 
 
-# ------------------------------------------------------------------ 2. reaction time
+# ------------------------------------------------------------------ 2. sustainable frame rate
+def measure_flood(probe: PipelineProbe, frames: np.ndarray, keep_ratio: float,
+                  sequential_ms: float, factor: float, max_hz: float, duration_s: float,
+                  label: str, answer_period_s: float = 0.5) -> dict[str, Any]:
+    """Frames at ``factor`` x the sequential rate (1 / ``sequential_ms``, capped at ``max_hz``)
+    for ``duration_s``: frames processed per second, their end-to-end latency, and the time
+    the node takes to answer a parameter request (keep_ratio set to its value) meanwhile."""
+    set_ratio(probe, keep_ratio)
+    rate_hz = min(factor * 1e3 / sequential_ms, max_hz)
+    first = len(probe.classifications)
+    answers_ms: list[float] = []
+    with probe.feeding(frames, rate_hz) as stamps, \
+            tqdm(total=round(duration_s), desc=label, unit='s') as bar:
+        t0 = time.perf_counter()
+        while (elapsed_s := time.perf_counter() - t0) < duration_s:
+            t_call = time.perf_counter()
+            set_ratio(probe, keep_ratio)
+            answers_ms.append((time.perf_counter() - t_call) * 1e3)
+            bar.update(min(round(elapsed_s), bar.total) - bar.n)
+            time.sleep(answer_period_s)
+        t_end = time.perf_counter()
+        bar.update(bar.total - bar.n)
+        published = list(stamps)
+    time.sleep(1.0)  # the frame in flight
+    window_s = t_end - t0
+    published_set = set(published)
+    processed = [r for r in probe.classifications.items[first:]
+                 if stamp_ns_of(r.data) in published_set]
+    wrong = {float(r.data['keep_ratio']) for r in processed} - {keep_ratio}
+    if wrong:
+        raise RuntimeError(f'flood frames ran at keep_ratio {sorted(wrong)}, expected '
+                           f'{keep_ratio}')
+    in_window = [r for r in processed if r.t_s <= t_end]
+    e2e_ms = [probe.latency_s(r) * 1e3 for r in processed]
+    return {'keep_ratio': keep_ratio, 'sequential_e2e_p50_ms': sequential_ms,
+            'target_rate_hz': rate_hz, 'duration_s': window_s,
+            'published': len(published), 'published_hz': len(published) / window_s,
+            'processed': len(processed), 'processed_hz': len(in_window) / window_s,
+            'e2e_p50_ms': percentile(e2e_ms, 50), 'e2e_p95_ms': percentile(e2e_ms, 95),
+            'node_p50_ms': percentile([float(r.data['latency_ms']) for r in processed], 50),
+            'answer_p50_ms': percentile(answers_ms, 50),
+            'answer_max_ms': max(answers_ms) if answers_ms else None,
+            'answers_ms': answers_ms, 'e2e_ms': e2e_ms}
+
+
+# ------------------------------------------------------------------ 3. reaction time
 Setpoint = tuple[float, float]  # (keep_ratio, frequency_mhz)
 
 
@@ -196,7 +273,7 @@ def _wait_setpoint(probe: PipelineProbe, budget_ms: float, point: Setpoint,
     return None if event is None else event.t_s - t0
 
 
-# ------------------------------------------------------------------ 3. budget tracking
+# ------------------------------------------------------------------ 4. budget tracking
 def run_schedule(probe: PipelineProbe, frames: np.ndarray, schedule: BudgetSchedule,
                  rate_hz: float, label: str) -> dict[str, Any]:
     """Publish frames at ``rate_hz`` and budgets per ``schedule``; per classified frame: budget
@@ -313,25 +390,39 @@ def measure_tracking(probe: PipelineProbe, frames: np.ndarray, profile_path: str
 
 # ------------------------------------------------------------------ plot and main
 def plot(details: dict[str, Any], path: Path) -> None:
-    """Latency and MACs vs ratio; and, when measured, the tracking runs over time."""
+    """Latency and MACs vs ratio and absolute end-to-end vs bare latency, per engine; and, when
+    measured, the tracking runs over time."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     tracking = details.get('tracking')
-    fig, axes = plt.subplots(1, 2 if tracking else 1, figsize=(12 if tracking else 6, 4),
-                             squeeze=False)
-    ax = axes[0][0]
-    curve = details['sweep']['curve']
-    r = [c['keep_ratio'] for c in curve]
-    ax.plot(r, [c['latency_ratio'] for c in curve], 'o-', label='node latency / full')
-    ax.plot(r, [c['macs_ratio'] for c in curve], 's--', label='MACs / full')
-    ax.set_xlabel('keep ratio r')
+    panels = 3 if tracking else 2
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    ax, ax_abs = axes[0][0], axes[0][1]
+    curve = []
+    for i, (name, measured) in enumerate(details['engines'].items()):
+        curve = measured['sweep']['curve']
+        r = [c['keep_ratio'] for c in curve]
+        color = f'C{i}'
+        ax.plot(r, [c['latency_ratio'] for c in curve], 'o-', color=color,
+                label=f'{name}: node latency / full')
+        ax_abs.plot(r, [c['e2e_p50_ms'] for c in curve], 'o-', color=color,
+                    label=f'{name}: end-to-end via node')
+        ax_abs.plot(r, [c['bare_p50_ms'] for c in curve], 's--', color=color,
+                    label=f'{name}: bare inference')
+    ax.plot([c['keep_ratio'] for c in curve], [c['macs_ratio'] for c in curve], 'k^:',
+            label='MACs / full')
     ax.set_ylabel('fraction of the full network')
     ax.set_title('PLS on ResNet-152, 32x32, running node')
-    ax.grid(alpha=0.3)
-    ax.legend()
+    ax_abs.set_yscale('log')
+    ax_abs.set_ylabel('latency p50 (ms)')
+    ax_abs.set_title('end-to-end over DDS vs bare inference, same engine')
+    for a in (ax, ax_abs):
+        a.set_xlabel('keep ratio r')
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
     if tracking:
-        ax = axes[0][1]
+        ax = axes[0][2]
         for label, run in tracking['runs'].items():
             rows = run['frames']
             ax.plot([f['t_s'] for f in rows], [f['node_ms'] for f in rows], '.-', ms=3,
@@ -341,7 +432,8 @@ def plot(details: dict[str, Any], path: Path) -> None:
                 lw=1.5, label='budget')
         ax.set_xlabel('time (s)')
         ax.set_ylabel('latency (ms)')
-        ax.set_title(f'budget tracking, frames at {tracking["rate_hz"]:g} Hz')
+        ax.set_title(f'budget tracking ({tracking["engine"]}), frames at '
+                     f'{tracking["rate_hz"]:g} Hz')
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -349,87 +441,182 @@ def plot(details: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog='full run: .venv/bin/python bench/bench_pipeline.py; '
+               'smoke run: .venv/bin/python bench/bench_pipeline.py --quick')
+    parser.add_argument('--quick', action='store_true',
+                        help=f'smoke run: {", ".join(f"{k}={v}" for k, v in QUICK.items())} '
+                             'unless given')
     parser.add_argument('--weights', default=default_weights(),
-                        help='weights for node and bare model (default: shared reference, '
+                        help='weights for node and bare engine (default: shared reference, '
                              'else random)')
-    parser.add_argument('--ratios', type=float, nargs='+', default=list(CURVE_RATIOS),
+    parser.add_argument('--engines', nargs='+', default=list(DEFAULT_ENGINES),
+                        choices=ENGINE_NAMES,
+                        help='engines to measure overhead and frame rate with, each in the node '
+                             'and bare (default: %(default)s)')
+    parser.add_argument('--ratios', type=float, nargs='+',
                         help='keep ratios of the sweep; must include 1, 0.5 and 0.1 '
-                             '(default: %(default)s)')
-    parser.add_argument('--rounds', type=int, default=40,
-                        help='measured frames per ratio in the sweep (default: %(default)s)')
-    parser.add_argument('--warmup', type=int, default=3, help='warm-up rounds (not measured)')
-    parser.add_argument('--changes', type=int, default=100,
-                        help='budget changes for the reaction time (default: %(default)s)')
-    parser.add_argument('--step-s', type=float, default=8.0,
-                        help='length of each budget step in the tracking run')
+                             f'(default: {FULL["ratios"]})')
+    parser.add_argument('--rounds', type=int,
+                        help=f'measured frames per ratio in the sweep (default: {FULL["rounds"]})')
+    parser.add_argument('--warmup', type=int,
+                        help=f'warm-up rounds, not measured (default: {FULL["warmup"]})')
+    parser.add_argument('--changes', type=int,
+                        help=f'budget changes for the reaction time (default: {FULL["changes"]})')
+    parser.add_argument('--step-s', type=float,
+                        help=f'length of each budget step in the tracking run '
+                             f'(default: {FULL["step_s"]:g})')
     parser.add_argument('--rate-hz', type=float, default=30.0, help='tracking frame rate')
+    parser.add_argument('--flood-s', type=float,
+                        help=f'length of each flood (default: {FULL["flood_s"]:g})')
+    parser.add_argument('--flood-factor', type=float, default=10.0,
+                        help='flood rate / sequential rate (default: %(default)s)')
+    parser.add_argument('--flood-max-hz', type=float, default=1000.0,
+                        help='cap on the flood publish rate (default: %(default)s)')
+    parser.add_argument('--flood-ratios', type=float, nargs='+', default=[1.0],
+                        help='keep ratios flooded, each one of --ratios (default: %(default)s)')
     parser.add_argument('--profile', default=str(paths.config_dir() / 'profiles'
                                                  / 'orin_nano_cpu.yaml'))
     parser.add_argument('--accuracy-loss-max', type=float, default=0.05)
     parser.add_argument('--threads', type=int, default=1,
-                        help='torch threads of the node and of the bare model; 1 keeps the '
-                             'comparison clean on a shared machine (default: %(default)s)')
-    parser.add_argument('--skip', nargs='*', default=[], choices=['reaction', 'tracking'])
-    parser.add_argument('--results-dir', type=Path, default=RESULTS_DIR)
+                        help='intra-op threads (torch / onnxruntime) of the node and of the bare '
+                             'engine; 1 keeps the comparison clean on a shared machine '
+                             '(default: %(default)s)')
+    parser.add_argument('--onnx-cache-dir', default='',
+                        help="ONNX graph cache of node and bare engine ('' = $PLS_ONNX_CACHE, "
+                             'else ~/.cache/pls_perception/onnx)')
+    parser.add_argument('--skip', nargs='*', default=[],
+                        choices=['flood', 'reaction', 'tracking'])
+    parser.add_argument('--results-dir', type=Path,
+                        help=f'where the JSON and PNG go (default: {RESULTS_DIR}; with --quick '
+                             'a temporary folder)')
     args = parser.parse_args(argv)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if not {1.0, 0.5, 0.1} <= set(args.ratios):
         parser.error(f'--ratios must include 1, 0.5 and 0.1, got {args.ratios!r}')
+    if not set(args.flood_ratios) <= set(args.ratios):
+        parser.error(f'--flood-ratios {args.flood_ratios!r} must be among --ratios')
+    args.engines = list(dict.fromkeys(resolve_engine_name(e) for e in args.engines))
+    args.default_engine = resolve_engine_name('auto')
+    if ({'reaction', 'tracking'} - set(args.skip)
+            and args.default_engine not in args.engines):
+        parser.error(f'reaction and tracking run with the node default engine '
+                     f'{args.default_engine!r}: add it to --engines, or --skip reaction '
+                     'tracking')
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     machine = machine_info()
     frames, frames_source = load_frames(64)
     loaded = load_model(args.weights, allow_random=args.weights == 'random')
     log_dir = Path(tempfile.mkdtemp(prefix='bench_pipeline_'))  # node logs, derived profile
     print(f'node logs in {log_dir}')
+    results_dir = args.results_dir or (log_dir if args.quick else RESULTS_DIR)
+    # The ONNX graphs the nodes load at configure: the measured ratios and, when the manager
+    # runs, the profile's (its choices); built into the cache by this process first.
+    prebuild = set(args.ratios)
+    if {'reaction', 'tracking'} - set(args.skip):
+        prebuild |= {float(r) for r in load_profile(args.profile).ratios}
+    prebuild = sorted(prebuild)
     node_params = {'weights': args.weights, 'dvfs_backend': 'simulated', 'frequency_mhz': 0.0,
-                   'keep_ratio': 1.0, 'num_threads': args.threads}
-    details: dict[str, Any] = {'frames': frames_source, 'weights': loaded.source}
+                   'keep_ratio': 1.0, 'num_threads': args.threads,
+                   'prebuild_ratios': prebuild, 'onnx_cache_dir': args.onnx_cache_dir}
+    details: dict[str, Any] = {'frames': frames_source, 'weights': loaded.source,
+                               'default_engine': args.default_engine, 'engines': {}}
     with probe_session() as probe:
         def start_node(**params: Any) -> Any:
             return running_node(PERCEPTION_MODULE, params, log_dir, activate_with=probe)
 
-        with start_node(**node_params):
-            details['sweep'] = measure_ratio_sweep(probe, loaded, frames, args.ratios,
-                                                   args.rounds, args.warmup)
-            if 'reaction' not in args.skip:
-                details['reaction'] = measure_reaction(probe, frames, args.profile,
-                                                       args.accuracy_loss_max, args.changes,
-                                                       log_dir)
+        for name in args.engines:
+            print(f'engine {name}: preparing the bare engine (ONNX graphs from the cache)')
+            with make_engine(name, loaded, keep_ratio=1.0, ratios=prebuild,
+                             cache_dir=args.onnx_cache_dir or None,
+                             intra_op_threads=args.threads) as bare, \
+                    start_node(**node_params, engine=name):
+                measured = details['engines'][name] = {'sweep': measure_ratio_sweep(
+                    probe, bare, loaded, frames, args.ratios, args.rounds, args.warmup)}
+                curve = {c['keep_ratio']: c for c in measured['sweep']['curve']}
+                if 'flood' not in args.skip:
+                    measured['flood'] = [measure_flood(
+                        probe, frames, r, curve[r]['e2e_p50_ms'], args.flood_factor,
+                        args.flood_max_hz, args.flood_s, f'flood ({name}, r={r:g})')
+                        for r in args.flood_ratios]
+                if name == args.default_engine and 'reaction' not in args.skip:
+                    details['reaction'] = measure_reaction(
+                        probe, frames, args.profile, args.accuracy_loss_max, args.changes,
+                        log_dir)
         if 'tracking' not in args.skip:
-            full_ms = details['sweep']['curve'][0]['node_p50_ms']
-            details['tracking'] = measure_tracking(
+            curve = details['engines'][args.default_engine]['sweep']['curve']
+            full_ms = next(c for c in curve if c['keep_ratio'] == 1.0)['node_p50_ms']
+            details['tracking'] = measure_tracking(  # engine not set: the node's default
                 probe, frames, args.profile, args.accuracy_loss_max, full_ms, args.step_s,
                 args.rate_hz, log_dir, node_params, start_node)
+            details['tracking']['engine'] = args.default_engine
 
     metrics = collect_metrics(details)
     notes = [f'frames: {frames_source}; weights: {loaded.source}',
              'measured on a shared 2-core machine (other engineers running jobs): absolute '
              'latencies are noisy, ratios measured side by side are the meaningful figures',
+             f'engines: {", ".join(args.engines)}; for each, the node runs that engine and the '
+             f'bare figure is the same engine in the benchmark process (preprocessing + infer), '
+             f'{args.threads} intra-op thread(s) in both; reaction and tracking use the node '
+             f'default engine ({args.default_engine})',
+             f'flood: frames at {args.flood_factor:g}x the sequential rate (at most '
+             f'{args.flood_max_hz:g} Hz) for {args.flood_s:g} s; a parameter request every '
+             '0.5 s meanwhile',
              'node uses the simulated DVFS backend (no cpufreq here): frequency effects are '
              'emulated by stretching compute time by f_max/f, energy is modelled as profile '
-             'power(f) x power_scale(r) x measured latency',
-             f'torch threads: {args.threads} in the node and for the bare model']
-    plot(details, args.results_dir / f'{NAME}.png')
+             'power(f) x power_scale(r) x measured latency']
+    if args.quick:
+        notes.insert(0, 'QUICK smoke run (--quick): too few samples for the README')
+    results_dir.mkdir(parents=True, exist_ok=True)
+    plot(details, results_dir / f'{NAME}.png')
     path = write_result(NAME, metrics, notes=notes, details=details, machine=machine,
-                        results_dir=args.results_dir)
-    print(f'wrote {path}')
+                        results_dir=results_dir)
+    print_metrics(metrics, path)
     return 0
 
 
 def collect_metrics(details: dict[str, Any]) -> list[dict[str, Any]]:
-    curve = {c['keep_ratio']: c for c in details['sweep']['curve']}
+    engines = details['engines']
     rows = []
-    for r in (1.0, 0.5):
-        c = curve[r]
-        rows += [metric(f'bare inference p50, r={r:g}', c['bare_p50_ms'], 'ms'),
-                 metric(f'end-to-end via node p50, r={r:g}', c['e2e_p50_ms'], 'ms'),
-                 metric(f'pipeline overhead, r={r:g}', c['overhead_pct'], '%',
-                        target_max=OVERHEAD_TARGET_PCT)]
-    rows += [metric('speed-up PLS-50 over full (node)', curve[0.5]['speedup'], 'x'),
-             metric('MACs ratio PLS-50', curve[0.5]['macs_ratio'], ''),
-             metric('speed-up PLS-10 over full (node)', curve[0.1]['speedup'], 'x'),
+    for name, measured in engines.items():
+        curve = {c['keep_ratio']: c for c in measured['sweep']['curve']}
+        for r in (1.0, 0.5):
+            c = curve[r]
+            rows += [metric(f'{name}: bare inference p50, r={r:g}', c['bare_p50_ms'], 'ms'),
+                     metric(f'{name}: end-to-end via node p50, r={r:g}', c['e2e_p50_ms'], 'ms'),
+                     metric(f'{name}: pipeline overhead, r={r:g}', c['overhead_pct'], '%',
+                            target_max=OVERHEAD_TARGET_PCT),
+                     metric(f'{name}: pipeline overhead (absolute), r={r:g}', c['overhead_ms'],
+                            'ms')]
+        rows += [metric(f'{name}: speed-up PLS-50 over full (node)', curve[0.5]['speedup'], 'x'),
+                 metric(f'{name}: speed-up PLS-10 over full (node)', curve[0.1]['speedup'], 'x')]
+        for flood in measured.get('flood', []):
+            r = f'r={flood["keep_ratio"]:g}'
+            rows += [
+                metric(f'{name}: sustainable rate under flood, {r}', flood['processed_hz'],
+                       'frames/s'),
+                metric(f'{name}: flood publish rate, {r}', flood['published_hz'], 'frames/s'),
+                metric(f'{name}: end-to-end under flood p50, {r}', flood['e2e_p50_ms'], 'ms'),
+                metric(f'{name}: end-to-end under flood p95, {r}', flood['e2e_p95_ms'], 'ms'),
+                metric(f'{name}: parameter answer under flood p50', flood['answer_p50_ms'], 'ms'),
+                metric(f'{name}: parameter answer under flood max', flood['answer_max_ms'], 'ms')]
+    if 'torch' in engines:
+        torch_full = _full(engines['torch'])['e2e_p50_ms']
+        for name, measured in engines.items():
+            if name != 'torch':
+                rows.append(metric(f'end-to-end speed-up {name} over torch, r=1',
+                                   torch_full / _full(measured)['e2e_p50_ms'], 'x'))
+    curve = {c['keep_ratio']: c for c in next(iter(engines.values()))['sweep']['curve']}
+    rows += [metric('MACs ratio PLS-50', curve[0.5]['macs_ratio'], ''),
              metric('MACs ratio PLS-10', curve[0.1]['macs_ratio'], '')]
     if 'reaction' in details:
         reaction = details['reaction']
@@ -446,6 +633,10 @@ def collect_metrics(details: dict[str, Any]) -> list[dict[str, Any]]:
                 metric(f'tracking {label}: modelled energy/frame', s['energy_per_frame_mj'],
                        'mJ')]
     return rows
+
+
+def _full(measured: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in measured['sweep']['curve'] if c['keep_ratio'] == 1.0)
 
 
 def _pct(fraction: float | None) -> float | None:

@@ -77,28 +77,34 @@ class EnergyMeter:
         self.backend = backend
         self._zeus = _zeus_monitor(gpu_indices, cpu_indices) \
             if use_zeus and backend.is_real else None
-        self._open: dict[str, tuple[float, float]] = {}
+        self._open: dict[str, tuple[float, float, bool]] = {}
         self._lock = threading.Lock()
 
     @property
     def source(self) -> str:
-        return 'measured' if self._zeus is not None else 'modelled'
+        return 'measured' if self._measuring() else 'modelled'
+
+    def _measuring(self) -> bool:
+        """zeus measures only while the backend is real (a failed-over one emulates)."""
+        return self._zeus is not None and self.backend.is_real
 
     def begin_window(self, key: str) -> None:
         with self._lock:
             if key in self._open:
                 raise ValueError(f'energy window {key!r} is already open')
-            self._open[key] = (time.perf_counter(), self.backend.current_frequency_mhz())
-        if self._zeus is not None:
+            measuring = self._measuring()
+            self._open[key] = (time.perf_counter(), self.backend.current_frequency_mhz(),
+                               measuring)
+        if measuring:
             self._zeus.begin_window(key)
 
     def end_window(self, key: str) -> EnergyReading:
         with self._lock:
             if key not in self._open:
                 raise ValueError(f'energy window {key!r} was not opened')
-            t0, freq_mhz = self._open.pop(key)
+            t0, freq_mhz, measuring = self._open.pop(key)
         duration_s = time.perf_counter() - t0
-        if self._zeus is not None:
+        if measuring:
             m = self._zeus.end_window(key)
             return EnergyReading(energy_mj=float(m.total_energy) * 1000.0,
                                  duration_s=float(m.time), source='measured',

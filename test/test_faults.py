@@ -8,6 +8,7 @@ rest of the system keeps classifying.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,13 +16,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from diagnostic_msgs.msg import DiagnosticStatus
+from fake_sysfs import FREQS_KHZ, make_policy, read
 from sensor_msgs.msg import Image
 
 from pls_perception import paths
 from pls_perception.dvfs import SimulatedBackend
-from pls_perception.nodes.graph_probe import (MANAGER_MODULE, PERCEPTION_MODULE, NodeProcess,
-                                              PipelineProbe, make_image, probe_session,
-                                              running_node, stamp_ns_of)
+from pls_perception.nodes.graph_probe import (MANAGER_MODULE, PERCEPTION_MODULE, PERCEPTION_NODE,
+                                              NodeProcess, PipelineProbe, Received, make_image,
+                                              probe_session, running_node, stamp_ns_of)
 from pls_perception.optimizer import solve
 from pls_perception.profiles import load_profile
 
@@ -235,3 +238,121 @@ def test_corrupt_weights_fail_configure_clearly_then_node_recovers(probe: Pipeli
         frame = _frames(1)[0]
         _, classification = probe.round_trip(frame, timeout_s=60.0)
         assert stamp_ns_of(classification) > 0 and classification['label'].startswith('class')
+
+
+# ------------------------------------------------------------------------------ DVFS faults
+CPUFREQ_POLICIES = (0, 4)
+CPUFREQ_NAME = 'cpufreq(policy0,policy4)'
+FAILOVER_LOG = 'running on the simulated backend from now on'
+
+
+def _delete_cpufreq_files(root: Path) -> None:
+    """Every cpufreq file disappears (driver unloaded, CPUs offline)."""
+    shutil.rmtree(root / 'sys/devices/system/cpu/cpufreq')
+
+
+def _setspeed_becomes_a_directory(root: Path) -> None:
+    """policy0's scaling_setspeed can no longer be written: a real EISDIR on the next write (as
+    root a chmod would not stop the write, and this needs no uid change)."""
+    setspeed = root / 'sys/devices/system/cpu/cpufreq/policy0/scaling_setspeed'
+    setspeed.unlink()
+    setspeed.mkdir()
+
+
+def _inference_status(received: Received) -> DiagnosticStatus | None:
+    """The perception node's status in one received DiagnosticArray (None if absent)."""
+    for status in received.data.status:
+        if status.name.lstrip('/').split(':', 1)[0].strip() == PERCEPTION_NODE:
+            return status
+    return None
+
+
+def _values(status: DiagnosticStatus | None) -> dict[str, str]:
+    return {} if status is None else {kv.key: kv.value for kv in status.values}
+
+
+def _wait_frequency(probe: PipelineProbe, freq_mhz: float, start: int,
+                    timeout_s: float = 30.0) -> Received | None:
+    """A classification after index ``start`` reporting ``freq_mhz`` as the frequency in force."""
+    return probe.classifications.wait_for(lambda r: r.data['frequency_mhz'] == freq_mhz,
+                                          timeout_s, start)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize('break_backend', [_delete_cpufreq_files, _setspeed_becomes_a_directory],
+                         ids=['files_deleted', 'file_became_directory'])
+def test_dvfs_backend_failing_mid_run_fails_over_and_classification_continues(
+        probe: PipelineProbe, tmp_path: Path, break_backend: Any) -> None:
+    """A real (fake-sysfs) cpufreq backend breaks while frames flow: the node stays up on the
+    simulated backend, says so in /diagnostics (ERROR, dvfs_fault) and still takes parameters."""
+    root = tmp_path / 'sysfs'
+    policies = [make_policy(root, idx) for idx in CPUFREQ_POLICIES]
+    low_mhz, set_mhz, high_mhz = (khz / 1000.0 for khz in FREQS_KHZ)
+    parameters = dict(NODE_PARAMETERS, dvfs_backend='cpufreq', dvfs_sysfs_root=str(root),
+                      frequency_mhz=set_mhz)
+    with running_node(PERCEPTION_MODULE, parameters, tmp_path / 'perception',
+                      activate_with=probe) as perception, \
+            probe.feeding(_frames(), rate_hz=5.0):
+        # Healthy: the node drives the cpufreq files.
+        first = probe.classifications.wait_for(lambda r: True, 60.0)
+        assert first is not None, perception.log_text()[-3000:]
+        assert (first.data['dvfs_backend'], first.data['dvfs_real']) == (CPUFREQ_NAME, True)
+        assert first.data['frequency_requested_mhz'] == set_mhz
+        for pol in policies:
+            assert read(pol, 'scaling_governor') == 'userspace'
+            assert read(pol, 'scaling_setspeed') == str(FREQS_KHZ[1])
+            (pol / 'scaling_cur_freq').write_text(f'{FREQS_KHZ[1]}\n')   # the kernel's part
+        assert _wait_frequency(probe, set_mhz, len(probe.classifications)) is not None
+        healthy = probe.diagnostics.wait_for(
+            lambda r: _values(_inference_status(r)).get('frequency_mhz') == f'{set_mhz:g}', 20.0,
+            len(probe.diagnostics))
+        assert healthy is not None
+        status = _inference_status(healthy)
+        assert status is not None and status.level != DiagnosticStatus.ERROR, status
+        values = _values(status)
+        assert (values['dvfs_kind'], values['dvfs_backend']) == ('real', CPUFREQ_NAME)
+        assert 'dvfs_fault' not in values
+
+        # The backend breaks mid-run; a frequency change touches it.
+        break_backend(root)
+        start, diagnostics_start = len(probe.classifications), len(probe.diagnostics)
+        assert probe.set_parameters({'frequency_mhz': low_mhz}) == [(True, '')]
+        after = _wait_frequency(probe, low_mhz, start)    # only the simulated one reports it
+        assert after is not None, perception.log_text()[-3000:]
+        assert after.data['frames']['failed'] == 0
+        faulted = probe.diagnostics.wait_for(
+            lambda r: 'dvfs_fault' in _values(_inference_status(r)), 20.0, diagnostics_start)
+        assert faulted is not None, perception.log_text()[-3000:]
+        status = _inference_status(faulted)
+        assert status is not None and status.level == DiagnosticStatus.ERROR, status
+        assert status.message.startswith('DVFS backend failed ('), status.message
+        values = _values(status)
+        fault = values['dvfs_fault']
+        assert values['dvfs_kind'] == 'simulated'
+        assert values['dvfs_backend'] == f'simulated ({CPUFREQ_NAME} failed: {fault})'
+        assert '/cpufreq/policy0/' in fault, fault
+        if break_backend is _setspeed_becomes_a_directory:
+            assert fault.startswith('set_frequency_mhz: ') and 'scaling_setspeed' in fault
+            assert 'Is a directory' in fault, fault
+        else:
+            assert fault.split(':', 1)[0] in ('set_frequency_mhz', 'current_frequency_mhz')
+            assert 'No such file or directory' in fault, fault
+
+        # Still serving: parameter requests succeed and take effect, frames are classified.
+        start = len(probe.classifications)
+        assert probe.set_parameters({'frequency_mhz': high_mhz}) == [(True, '')]
+        assert probe.get_parameters(['frequency_mhz']) == {'frequency_mhz': high_mhz}
+        latest = _wait_frequency(probe, high_mhz, start)
+        assert latest is not None and latest.data['frames']['failed'] == 0
+        later = probe.diagnostics.wait_for(
+            lambda r: _values(_inference_status(r)).get('frequency_mhz') == f'{high_mhz:g}', 20.0,
+            len(probe.diagnostics))
+        assert later is not None
+        status = _inference_status(later)
+        assert status is not None and status.level == DiagnosticStatus.ERROR
+        assert _values(status)['dvfs_fault'] == fault          # one fault, kept
+        assert perception.alive()
+        assert perception.log_text().count(FAILOVER_LOG) == 1
+    if break_backend is _setspeed_becomes_a_directory:
+        # Stopped cleanly: the abandoned real backend was still reset (governors handed back).
+        assert [read(pol, 'scaling_governor') for pol in policies] == ['schedutil'] * 2

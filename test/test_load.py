@@ -21,15 +21,15 @@ from pls_perception.nodes.graph_probe import (PERCEPTION_MODULE, PipelineProbe, 
 FLOOD_S = 30.0
 FLOOD_FACTOR = 10.0
 RSS_GROWTH_MAX_MB = 50.0
-# Observed up to ~4 s for a request right after the flood starts (see the README): the bound
-# says 'answered, not starved', and the median must be fast.
-PARAMETER_ANSWER_MAX_S = 6.0
-PARAMETER_ANSWER_MEDIAN_MAX_S = 0.5
+# Measured under 0.2 s since inference left the executor (it was up to 4 s when inference ran as
+# a MultiThreadedExecutor callback); the bounds leave room for a slower CI machine.
+PARAMETER_ANSWER_MAX_S = 2.0
+PARAMETER_ANSWER_MEDIAN_MAX_S = 0.25
 # Random weights: the flood is about the pipeline, not the labels (and needs no ../shared).
 # One torch thread: two would oversubscribe 2 cores shared with the flooding publisher, and
 # OpenMP barriers degrade badly under oversubscription (that would measure the scheduler).
 NODE_PARAMETERS = {'weights': 'random', 'dvfs_backend': 'simulated', 'num_threads': 1,
-                   'class_names': [f'class{i}' for i in range(10)]}
+                   'class_names': [f'class{i}' for i in range(10)], 'prebuild_ratios': [0.5, 1.0]}
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -40,10 +40,13 @@ def probe() -> Iterator[PipelineProbe]:
         yield p
 
 
-def test_flood_memory_latency_drops_and_parameters(probe: PipelineProbe, tmp_path: Path) -> None:
+@pytest.mark.parametrize('engine', ['onnxruntime', 'torch'])
+def test_flood_memory_latency_drops_and_parameters(probe: PipelineProbe, tmp_path: Path,
+                                                   engine: str) -> None:
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
-    with running_node(PERCEPTION_MODULE, NODE_PARAMETERS, tmp_path, activate_with=probe) as node:
+    parameters = {**NODE_PARAMETERS, 'engine': engine}
+    with running_node(PERCEPTION_MODULE, parameters, tmp_path, activate_with=probe) as node:
         sequential_s = [probe.round_trip(frames[i % len(frames)])[0] for i in range(11)][3:]
         baseline_s = statistics.median(sequential_s)
         # The fastest sequential frame is what the node sustains at best: flood 10x that.
@@ -80,7 +83,7 @@ def test_flood_memory_latency_drops_and_parameters(probe: PipelineProbe, tmp_pat
 
     growth_mb = max(rss_samples_mb) - rss_start_mb
     p95_s = float(np.percentile(latencies_s, 95))
-    print(f'flood {rate_hz:.0f} Hz for {FLOOD_S:g} s (sequential e2e {baseline_s * 1e3:.0f} ms): '
+    print(f'{engine}: flood {rate_hz:.0f} Hz for {FLOOD_S:g} s (sequential e2e {baseline_s * 1e3:.0f} ms): '
           f'{len(published)} published, {len(processed)} processed, '
           f'{counters["frames_dropped"]} dropped; e2e p95 {p95_s * 1e3:.0f} ms; '
           f'RSS {rss_start_mb:.0f} MB + {growth_mb:.1f} MB; '
@@ -91,8 +94,11 @@ def test_flood_memory_latency_drops_and_parameters(probe: PipelineProbe, tmp_pat
     assert len(published) > 5 * len(processed), (len(published), len(processed))
     assert int(counters['frames_dropped']) > 0.5 * int(counters['frames_received']), counters
     assert int(counters['frames_processed']) >= len(processed)
-    accounted = sum(int(counters[f'frames_{k}']) for k in ('processed', 'dropped', 'rejected'))
-    assert abs(int(counters['frames_received']) - accounted) <= 1, counters  # every frame counted
+    accounted = sum(int(counters[f'frames_{k}'])
+                    for k in ('processed', 'dropped', 'rejected', 'failed'))
+    # every frame counted: the rest is the frame waiting in the slot and the one in flight
+    assert 0 <= int(counters['frames_received']) - accounted <= 2, counters
+    assert int(counters['frames_failed']) == 0, counters
     # Processed frames are fresh: at most the frame in flight plus its own inference (and slack
     # for a shared machine), and no queue building up over the 30 s.
     assert p95_s < 4.0 * baseline_s + 0.25, (p95_s, baseline_s)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pls_perception.dvfs.base import DvfsBackend
 from pls_perception.dvfs.sysfs import MinMaxLimits, read_int, read_text, resolve, write_text
-from pls_perception.errors import NotSupported
+from pls_perception.errors import BackendError, NotSupported
 
 LOG = logging.getLogger(__name__)
 CPUFREQ_DIR = '/sys/devices/system/cpu/cpufreq'
@@ -114,6 +114,21 @@ class CpufreqBackend(DvfsBackend):
         return all(p.limits.writable() for p in self.policies)
 
     def reset(self) -> None:
+        """Restore every policy it can, then raise one BackendError naming those that failed.
+
+        One failing policy (offline CPU, revoked permission) must not leave the later ones on
+        the userspace governor. A policy that failed keeps what it remembered, so a later reset
+        (or the one at interpreter exit, still armed then) retries it.
+        """
+        failed: list[tuple[str, BackendError]] = []
         for policy in self.policies:
-            policy.restore()
+            try:
+                policy.restore()
+            except BackendError as e:
+                failed.append((policy.name, e))
+        if failed:
+            raise BackendError(f'{self.name}: could not restore {len(failed)} of '
+                               f'{len(self.policies)} policies: '
+                               + '; '.join(f'{name}: {e}' for name, e in failed)) \
+                from failed[0][1]
         self._disarm_exit_restore()

@@ -31,7 +31,7 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.msg import ParameterEvent
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -356,7 +356,7 @@ def probe_session(target: str = PERCEPTION_NODE,
     context = Context()
     rclpy.init(context=context)
     probe = PipelineProbe(target, image_topic, context=context)
-    executor = MultiThreadedExecutor(num_threads=2, context=context)
+    executor = SingleThreadedExecutor(context=context)
     executor.add_node(probe)
     thread = threading.Thread(target=executor.spin, name='pls_probe_spin', daemon=True)
     thread.start()

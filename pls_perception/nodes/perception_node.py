@@ -345,6 +345,7 @@ class PerceptionNode(LifecycleNode):
         self._window: Optional[FrameWindow] = None
         self._budget_ms: Optional[float] = None
         self._info: dict[str, Any] = {}
+        self._hardware_id = 'none'
         super().__init__(node_name, **kwargs)
         self._guard_change_state_service()
         self._declare_parameters()
@@ -571,8 +572,8 @@ class PerceptionNode(LifecycleNode):
             pipeline.close()
             raise
         self._info = {'engine': engine.name, 'skip_policy': policy.name,
-                      'dvfs_backend': backend.name, 'dvfs_real': bool(backend.is_real),
                       'weights': loaded.source}
+        self._hardware_id = backend.name
         return pipeline
 
     def _energy_meter(self, backend: DvfsBackend) -> EnergyMeter | None:
@@ -741,7 +742,9 @@ class PerceptionNode(LifecycleNode):
         budget_ms = self._budget_ms
         if budget_ms is not None and result.latency_ms > budget_ms:
             self._counters.deadline_misses += 1
-        info = {**self._info, 'frequency_requested_mhz': self._take_setpoint().freq_mhz,
+        info = {**self._info, 'dvfs_backend': pipeline.backend.name,
+                'dvfs_real': bool(pipeline.backend.is_real),
+                'frequency_requested_mhz': self._take_setpoint().freq_mhz,
                 'queue_ms': round(queue_ms, 3), 'frames': self._counters.as_dict()}
         publisher = self._classification_pub
         if publisher is not None:
@@ -798,8 +801,9 @@ class PerceptionNode(LifecycleNode):
             problems.insert(0, f'{counters["deadline_misses"]} deadline misses, '
                                f'{counters["rejected"]} malformed frames, '
                                f'{counters["failed"]} failed frames')
+        # The hardware as configured: a failed-over backend keeps its identity here.
         status = DiagnosticStatus(name=f'{self.get_fully_qualified_name()}: inference',
-                                  hardware_id=values.get('dvfs_backend', 'none'))
+                                  hardware_id=self._hardware_id if pipeline else 'none')
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         if fault is not None:
             status.level, status.message = DiagnosticStatus.ERROR, '; '.join([fault, *problems])

@@ -1,28 +1,14 @@
 """bench/run_all.py: discovers and runs benchmark scripts and tabulates their results."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from bench_modules import load
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / 'bench'
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f'_bench_{name}', BENCH_DIR / f'{name}.py')
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-run_all = _load('run_all')
-results = _load('_results')
+run_all = load('run_all')
+results = load('_results')
 
 GOOD_BENCH = '''
 import json, pathlib

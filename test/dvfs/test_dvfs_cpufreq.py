@@ -10,16 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fake_sysfs import make_policy
+from fake_sysfs import make_policy, read
 
 from pls_perception.dvfs import get_backend
 from pls_perception.dvfs.base import translate_os_error
 from pls_perception.dvfs.cpufreq import CpufreqBackend
-from pls_perception.errors import NotSupported, PermissionDenied
-
-
-def read(pol: Path, name: str) -> str:
-    return (pol / name).read_text().strip()
+from pls_perception.errors import BackendError, NotSupported, PermissionDenied
 
 
 def test_userspace_setspeed_and_restore(cpufreq_root: Path) -> None:
@@ -87,6 +83,36 @@ def test_reset_registered_at_exit_until_reset(cpufreq_root: Path,
     backend.set_frequency_mhz(800.0)
     assert registered == [backend.reset]
     backend.reset()
+    assert registered == []
+
+
+def test_reset_restores_every_policy_it_can_then_names_the_failures(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two of three policies cannot be restored (a directory where scaling_governor was: a real
+    EISDIR): the third is restored anyway, one error names both, and a later reset retries."""
+    registered: list[object] = []
+    monkeypatch.setattr(atexit, 'register', registered.append)
+    monkeypatch.setattr(atexit, 'unregister', registered.remove)
+    pols = {idx: make_policy(tmp_path, idx) for idx in (0, 2, 4)}
+    backend = CpufreqBackend(sysfs_root=tmp_path)
+    backend.set_frequency_mhz(400.0)
+    for idx in (0, 2):
+        (pols[idx] / 'scaling_governor').unlink()
+        (pols[idx] / 'scaling_governor').mkdir()
+    with pytest.raises(BackendError) as info:
+        backend.reset()
+    message = str(info.value)
+    assert message.startswith(f'{backend.name}: could not restore 2 of 3 policies: policy0: ')
+    assert '; policy2: ' in message and 'policy4' not in message.replace(backend.name, '')
+    assert 'scaling_governor' in message and isinstance(info.value.__cause__, NotSupported)
+    assert read(pols[4], 'scaling_governor') == 'schedutil'
+    assert read(pols[4], 'scaling_setspeed') == '400000'
+    assert registered == [backend.reset]         # still armed: the exit reset retries them
+    for idx in (0, 2):                           # the files come back (CPUs online again)
+        (pols[idx] / 'scaling_governor').rmdir()
+        (pols[idx] / 'scaling_governor').write_text('userspace\n')
+    backend.reset()
+    assert [read(pols[idx], 'scaling_governor') for idx in (0, 2, 4)] == ['schedutil'] * 3
     assert registered == []
 
 

@@ -7,6 +7,7 @@ are real). Expected labels come from the same model evaluated offline at the sam
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import itertools
@@ -603,21 +604,42 @@ def _until_answered(client: Any, request: Any, timeout_s: float) -> Any:
     pytest.fail(f'no answer from {client.srv_name} within {timeout_s:g} s')
 
 
+@contextlib.contextmanager
+def node_process(namespace: str, parameters: dict[str, str], spinner: Any, context: Context,
+                 tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Node]]:
+    """The perception node executable under ``namespace`` plus a client node in this process;
+    the node is killed if still up at the end, and its log is printed (pytest shows it when the
+    test fails)."""
+    command = [sys.executable, '-m', 'pls_perception.nodes.perception_node', '--ros-args',
+               '-r', f'__ns:={namespace}', '-p', 'num_threads:=1', '-p', 'dvfs_backend:=simulated',
+               '-p', 'qos_reliability:=reliable']
+    for name, value in parameters.items():
+        command += ['-p', f'{name}:={value}']
+    log = open(tmp_path / 'node.log', 'w+')
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    client = Node(f'client_{os.getpid()}', namespace=namespace, context=context)
+    spinner.add(client)
+    try:
+        yield process, client
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        spinner.remove(client)
+        client.destroy_node()
+        log.seek(0)
+        print(log.read())
+        log.close()
+
+
 def test_node_as_a_separate_process_driven_by_change_state(
         ros_context: Context, spinner: Any, make_probe: Callable[..., Any],
         reference: LoadedModel, cifar: tuple, tmp_path: Path) -> None:
     images, _ = cifar
     namespace = f'/perception_proc_{os.getpid()}'
     node_name = f'{namespace}/pls_perception_node'
-    command = [sys.executable, '-m', 'pls_perception.nodes.perception_node', '--ros-args',
-               '-r', f'__ns:={namespace}', '-p', 'keep_ratio:=0.5', '-p', 'num_threads:=1',
-               '-p', 'dvfs_backend:=simulated', '-p', 'engine:=torch',
-               '-p', 'qos_reliability:=reliable']
-    log = open(tmp_path / 'node.log', 'w+')
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    client = Node('process_test_client', namespace=namespace, context=ros_context)
-    spinner.add(client)
-    try:
+    with node_process(namespace, {'keep_ratio': '0.5', 'engine': 'torch'}, spinner, ros_context,
+                      tmp_path) as (process, client):
         change = client.create_client(ChangeState, f'{node_name}/change_state')
         get = client.create_client(GetState, f'{node_name}/get_state')
         probe = make_probe(client, f'{node_name}/classification')
@@ -653,36 +675,21 @@ def test_node_as_a_separate_process_driven_by_change_state(
         assert process.poll() is None  # finalized, but still up until signalled
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        spinner.remove(client)
-        client.destroy_node()
-        log.seek(0)
-        print(log.read())  # shown by pytest when the test fails
-        log.close()
 
 
 def test_autostart_process_classifies_and_exits_cleanly_on_sigint(
         ros_context: Context, spinner: Any, make_probe: Callable[..., Any],
         reference: LoadedModel, cifar: tuple, tmp_path: Path) -> None:
-    """``autostart:=true`` configures and activates in main(); Ctrl-C while active exits 0."""
+    """``autostart:=true`` configures and activates in main(); Ctrl-C while active exits 0.
+    (Default engine: onnxruntime where installed, every profile ratio built at configure.)"""
     images, _ = cifar
     namespace = f'/perception_autostart_{os.getpid()}'
-    command = [sys.executable, '-m', 'pls_perception.nodes.perception_node', '--ros-args',
-               '-r', f'__ns:={namespace}', '-p', 'autostart:=true', '-p', 'num_threads:=1',
-               '-p', 'dvfs_backend:=simulated', '-p', 'qos_reliability:=reliable',
-               '-p', 'image_transport:=compressed']
-    log = open(tmp_path / 'node.log', 'w+')
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    client = Node('autostart_test_client', namespace=namespace, context=ros_context)
-    spinner.add(client)
-    try:
+    with node_process(namespace, {'autostart': 'true', 'image_transport': 'compressed'},
+                      spinner, ros_context, tmp_path) as (process, client):
         probe = make_probe(client, f'{namespace}/pls_perception_node/classification')
         pub = client.create_publisher(CompressedImage, 'image/compressed', QoSProfile(
             depth=10, reliability=ReliabilityPolicy.RELIABLE))
-        wait_for(lambda: pub.get_subscription_count() > 0, 120, 'the node to subscribe')
+        wait_for(lambda: pub.get_subscription_count() > 0, 180, 'the node to subscribe')
         wait_for(lambda: probe.subscription.get_publisher_count() > 0, 30, 'its publisher')
         msg, decoded = compressed_msg(images[5], 'png')
         msg.header.stamp.sec = 77
@@ -691,12 +698,29 @@ def test_autostart_process_classifies_and_exits_cleanly_on_sigint(
         assert result['class_id'] == offline_labels(reference, decoded, 1.0)[0]
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        spinner.remove(client)
-        client.destroy_node()
-        log.seek(0)
-        print(log.read())
-        log.close()
+
+def test_onnxruntime_engine_builds_a_new_ratio_in_the_background(
+        harness: Callable[..., Harness], cifar: tuple, reference: LoadedModel,
+        tmp_path: Path) -> None:
+    """A ratio without a graph: the previous ratio keeps serving (and /diagnostics says so)
+    until the graph is built; then the labels equal the offline torch evaluation."""
+    images, _ = cifar
+    h = harness(engine='onnxruntime', prebuild_ratios=[1.0], onnx_cache_dir=str(tmp_path))
+    h.start()
+    first = h.classify(image_msg(images[0], 'rgb8'))
+    assert (first['engine'], first['keep_ratio']) == ('onnxruntime', 1.0)
+    assert h.diagnostics()['engine_pending_ratios'] == 'none'
+    assert h.set(keep_ratio=0.5)[0].successful
+    wait_for(lambda: h.diagnostics()['engine_pending_ratios'] == '0.5', 20,
+             'ratio 0.5 pending in /diagnostics')
+    status = h.node.diagnostics_status()
+    assert status.level == DiagnosticStatus.WARN and 'serving 1 meanwhile' in status.message
+    served: list[float] = []
+    deadline = time.monotonic() + 180
+    while not served or served[-1] != 0.5:
+        assert time.monotonic() < deadline, f'ratio 0.5 never came into force: {served}'
+        served.append(h.classify(image_msg(images[0], 'rgb8'))['keep_ratio'])
+    assert set(served) <= {1.0, 0.5}  # the previous ratio, then the new one: nothing else
+    assert h.diagnostics()['engine_pending_ratios'] == 'none'
+    labels = [h.classify(image_msg(image, 'rgb8'))['class_id'] for image in images]
+    assert labels == offline_labels(reference, images, 0.5)

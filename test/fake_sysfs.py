@@ -1,9 +1,15 @@
-"""Fake sysfs trees (cpufreq policies, Jetson devfreq GPU) for the DVFS backend tests."""
+"""Fake sysfs trees (cpufreq policies, Jetson devfreq GPU) for the DVFS backend tests and the
+node fault tests (test/ is on sys.path through test/conftest.py, like tiny_cifar)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 FREQS_KHZ = (400000, 800000, 1200000)
+
+
+def read(node: Path, name: str) -> str:
+    """The stripped content of sysfs file ``name`` in directory ``node``."""
+    return (node / name).read_text().strip()
 
 
 def make_policy(root: Path, index: int, governors: str = 'userspace schedutil performance',
