@@ -45,7 +45,9 @@ class Preprocessing:
             raise ValueError(
                 f'images must be HxWx3 or NxHxWx3 uint8 RGB, got shape {array.shape} '
                 f'dtype {array.dtype}')
-        x = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float().div_(255.0)
+        # The float copy is made by numpy: camera frames arrive as read-only views of the message
+        # buffer, which torch.from_numpy would wrap (with a warning) rather than copy.
+        x = torch.from_numpy(np.asarray(array, dtype=np.float32)).permute(0, 3, 1, 2).div_(255.0)
         if tuple(x.shape[-2:]) != tuple(self.input_size):
             if self.resize_size is not None:
                 x = TF.resize(x, [self.resize_size], InterpolationMode.BILINEAR, antialias=True)

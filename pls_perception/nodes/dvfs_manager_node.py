@@ -7,6 +7,10 @@ the node never runs a frame with the new ratio at the old frequency. The manager
 the perception node's measured latencies and corrects its profile online (closed loop), and it
 never blocks or crashes when the perception node is absent, restarting or rejecting updates: it
 retries with back-off and re-applies the latest choice when the node comes back.
+
+The profile's accuracy per ratio holds only under the skip policy it records; the manager checks
+that the perception node runs that policy (from the ``skip_policy`` its classifications report)
+and warns, in the log and on /diagnostics, when it does not.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from pls_perception import paths
 from pls_perception.errors import PlsError
 from pls_perception.latency_correction import LatencyCorrection
 from pls_perception.optimizer import OperatingPoint, OperatingPointSelector
-from pls_perception.profiles import OperatingPointProfile, load_profile
+from pls_perception.profiles import PROPORTIONAL_POLICY, OperatingPointProfile, load_profile
 from pls_perception.nodes.spin import spin_node
 
 NODE_NAME = 'dvfs_manager'
@@ -44,6 +48,19 @@ MISMATCH_FRAMES = 3
 def default_profile_path() -> Path:
     """The shipped Orin Nano CPU profile."""
     return paths.config_dir() / 'profiles' / DEFAULT_PROFILE_NAME
+
+
+def shipped_profiles_for(policy_name: str, device_name: str) -> list[Path]:
+    """The shipped profiles (config/profiles) made for ``policy_name``, ``device_name``'s first."""
+    found = []
+    for path in sorted((paths.config_dir() / 'profiles').glob('*.yaml')):
+        try:
+            profile = load_profile(path)
+        except (PlsError, OSError, ValueError):
+            continue
+        if profile.skip_policy.name == policy_name:
+            found.append((profile.device_name != device_name, str(path)))
+    return [Path(p) for _, p in sorted(found)]
 
 
 @dataclass(frozen=True)
@@ -142,6 +159,10 @@ class DvfsManagerNode(Node):
                       'measurements_ignored': 0, 'deadline_misses': 0, 'resolves': 0}
         self.last_failure = ''
         self.last_latency_ms = math.nan
+        # The skip policy the target reports (None: not heard yet) and, when it is not the
+        # profile's, what is wrong and what to do ('' = no mismatch known).
+        self.target_policy: str | None = None
+        self.policy_mismatch = ''
 
         self._client = self.create_client(SetParametersAtomically,
                                           f'{self.target_node}/set_parameters_atomically')
@@ -158,6 +179,7 @@ class DvfsManagerNode(Node):
             f'profile {profile_path} ({len(self.profile.ratios)} ratios x '
             f'{len(self.profile.frequencies_mhz)} frequencies), objective {self.objective}, '
             f'strategy {self.strategy}, accuracy_loss_max {self.accuracy_loss_max}, '
+            f'skip_policy {self.profile.skip_policy.name}, '
             f'target {self.target_node}, closed_loop {self.closed_loop}')
 
     # ---------------------------------------------------------------- budget -> operating point
@@ -240,6 +262,7 @@ class DvfsManagerNode(Node):
                     f'will re-apply the latest operating point when it comes back')
             self.target_available = False
             self.applied = None
+            self.target_policy, self.policy_mismatch = None, ''  # it may come back with another
             return
         if not self.target_available:
             self.get_logger().info(f'{self.target_node} is available')
@@ -302,6 +325,7 @@ class DvfsManagerNode(Node):
             self.get_logger().warning(f'unreadable classification message ({e!r})',
                                       throttle_duration_sec=5.0)
             return
+        self._check_policy(data.get('skip_policy'))
         self.stats['measurements'] += 1
         self.last_latency_ms = latency_ms
         if self.budget_ms is not None and latency_ms > self.budget_ms:
@@ -332,12 +356,47 @@ class DvfsManagerNode(Node):
             self._mismatches = 0
             self.applied = None
 
+    # ---------------------------------------------------------------- skip policy
+    def _check_policy(self, reported: Any) -> None:
+        """Compare the target's skip policy with the profile's; one WARN per new mismatch.
+
+        Learnt from the classifications the manager already listens to: each carries the name of
+        the policy the node actually runs (``skip_policy``: 'proportional' or 'plan:<plan file
+        stem>', :func:`pls_perception.skip_plans.plan_name`), set at configure and so right after
+        a restart too. A profile records the same name (``pls-profile --skip-policy`` names it with
+        the same function) beside the plan's fingerprint, which the node does not publish, so the
+        names are what is compared: a renamed copy of the profile's plan file reads as a mismatch
+        (a false alarm on the safe side); two different plans saved under one file stem cannot be
+        told apart. A node that reports no policy (older versions) is not checked.
+        """
+        if not isinstance(reported, str) or not reported or reported == self.target_policy:
+            return
+        self.target_policy = reported
+        wanted = self.profile.skip_policy
+        if reported == wanted.name:
+            self.policy_mismatch = ''
+            return
+        shipped = shipped_profiles_for(reported, self.profile.device_name)
+        spec = 'proportional' if reported == PROPORTIONAL_POLICY else '<plan.yaml>'
+        use = (f'e.g. {shipped[0]}' if shipped else
+               f'make one with pls-profile --skip-policy {spec}')
+        setting = wanted.plan_file or (wanted.name if wanted.is_proportional else
+                                       f'the plan file with fingerprint {wanted.plan_fingerprint}')
+        self.policy_mismatch = (
+            f'{self.target_node} runs skip policy {reported!r} but profile {self.profile_path} is '
+            f'for {wanted.name!r}, so its accuracy per ratio is wrong for the node: use a profile '
+            f'made for {reported!r} ({use}) or set the node\'s skip_policy to {setting}; '
+            f'operating points are still sent')
+        self.get_logger().warning(self.policy_mismatch)
+
     # ---------------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
         status = DiagnosticStatus(name=f'{self.get_name()}: operating point',
                                   hardware_id='pls_perception')
         values = {'target_node': self.target_node, 'target_available': self.target_available,
                   'profile': self.profile_path,
+                  'profile_skip_policy': self.profile.skip_policy.name,
+                  'target_skip_policy': self.target_policy or 'unknown',
                   'correction_global_factor': f'{self.correction.global_factor:.3f}',
                   'last_latency_ms': f'{self.last_latency_ms:.2f}',
                   'last_failure': self.last_failure, **self.stats}
@@ -358,6 +417,13 @@ class DvfsManagerNode(Node):
                 status.level = DiagnosticStatus.OK
                 status.message = (f'keep_ratio {self.desired.keep_ratio:g} at '
                                   f'{self.desired.freq_mhz:g} MHz')
+        if self.policy_mismatch:
+            values['policy_mismatch'] = self.policy_mismatch
+            mismatch = (f'skip policy mismatch: node {self.target_policy}, profile '
+                        f'{self.profile.skip_policy.name}')
+            status.message = (mismatch if status.level == DiagnosticStatus.OK
+                              else f'{mismatch}; {status.message}')
+            status.level = DiagnosticStatus.WARN
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()

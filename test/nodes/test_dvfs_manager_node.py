@@ -1,9 +1,9 @@
 """DVFS manager node over real rclpy/DDS: budgets in, atomic parameter updates out.
 
 The target is a small real rclpy node standing in for the perception node (same node name,
-parameters keep_ratio / frequency_mhz, ~/classification JSON with the measured latency): it can
-be told to reject updates and to run slower than the profile, which the real network cannot be
-made to do on demand. The real perception node is driven by the manager in test_demo.py.
+parameters keep_ratio / frequency_mhz, ~/classification JSON with the measured latency and the
+skip policy in force): it can be told to reject updates, to run slower than the profile and to
+report another skip policy, which the real network cannot be made to do on demand. The real perception node is driven by the manager in test_demo.py.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import pytest
 
 rclpy = pytest.importorskip('rclpy')
 
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
@@ -28,21 +29,24 @@ from rclpy.parameter import Parameter  # noqa: E402
 from std_msgs.msg import Float64, String  # noqa: E402
 
 from pls_perception.nodes.dvfs_manager_node import DvfsManagerNode  # noqa: E402
-from pls_perception.profiles import OperatingPointProfile, save_profile  # noqa: E402
+from pls_perception.profiles import (OperatingPointProfile, SkipPolicyInfo,  # noqa: E402
+                                     save_profile)
 
 RATIOS = (0.25, 0.5, 0.75, 1.0)
 FREQS_MHZ = (500.0, 1000.0, 1500.0)
 ACCURACY = (0.70, 0.78, 0.80, 0.81)          # loss <= 0.05 leaves ratios 0.5, 0.75, 1.0
 LATENCY_MS = np.array([[10.0, 20.0, 30.0, 40.0]]).T * (1500.0 / np.array(FREQS_MHZ))[None, :]
 TARGET = 'pls_perception_node'
+PLAN_POLICY = SkipPolicyInfo(name='plan:grid_greedy', plan_fingerprint='ab' * 32,
+                             plan_file='plans/grid_greedy.yaml')
 
 
-def _profile() -> OperatingPointProfile:
+def _profile(skip_policy: SkipPolicyInfo = SkipPolicyInfo()) -> OperatingPointProfile:
     return OperatingPointProfile(
         device_name='test grid', device_kind='cpu', ratios=RATIOS, frequencies_mhz=FREQS_MHZ,
         accuracy=ACCURACY, latency_ms=LATENCY_MS, power_w=(1.0, 3.0, 8.0),
         sources={'accuracy': 'modelled', 'latency_ms': 'modelled', 'power_w': 'modelled'},
-        reference_frequency_mhz=1500.0)
+        reference_frequency_mhz=1500.0, skip_policy=skip_policy)
 
 
 class TargetNode(Node):
@@ -54,6 +58,7 @@ class TargetNode(Node):
         self.declare_parameter('frequency_mhz', 0.0)
         self.reject_reason = ''
         self.slowdown = 1.0
+        self.skip_policy = 'proportional'      # the name the perception node reports
         self.requests: list[dict[str, float]] = []
         self.add_on_set_parameters_callback(self._on_set)
         self._pub = self.create_publisher(String, '~/classification', 10)
@@ -74,7 +79,8 @@ class TargetNode(Node):
         fi = FREQS_MHZ.index(f) if f else -1     # 0 = processor left alone: at its maximum
         latency_ms = LATENCY_MS[RATIOS.index(r), fi] * self.slowdown
         self._pub.publish(String(data=json.dumps(
-            {'latency_ms': latency_ms, 'keep_ratio': r, 'frequency_mhz': f})))
+            {'latency_ms': latency_ms, 'keep_ratio': r, 'frequency_mhz': f,
+             'skip_policy': self.skip_policy})))
 
 
 class Graph:
@@ -95,6 +101,9 @@ class Graph:
         self.points: list[dict[str, Any]] = []
         self.probe.create_subscription(String, '/dvfs_manager/operating_point',
                                        lambda m: self.points.append(json.loads(m.data)), 10)
+        self.diagnostics: list[DiagnosticStatus] = []
+        self.probe.create_subscription(DiagnosticArray, '/diagnostics', lambda m: (
+            self.diagnostics.extend(s for s in m.status if s.name.startswith('dvfs_manager'))), 10)
         self._budget_pub = self.probe.create_publisher(Float64, '/latency_budget', 10)
         self.target: TargetNode | None = None
         for node in (self.manager, self.probe):
@@ -331,3 +340,68 @@ def test_whole_graph_budget_step_loose_tight_loose(tmp_path: Path) -> None:
             for p in points[tight_points:]), 30.0), points[-3:]
         back = frames_after(start, 6, 120.0)
         assert all(f['latency_ms'] <= loose_ms for f in back)
+
+
+def _diagnostics_after(g: Graph, predicate: Callable[[DiagnosticStatus], bool],
+                       timeout_s: float = 10.0) -> DiagnosticStatus | None:
+    """The first manager status published from now on that satisfies ``predicate``."""
+    start = len(g.diagnostics)
+    wait_until(lambda: any(predicate(s) for s in g.diagnostics[start:]), timeout_s)
+    return next((s for s in g.diagnostics[start:] if predicate(s)), None)
+
+
+def _values(status: DiagnosticStatus) -> dict[str, str]:
+    return {kv.key: kv.value for kv in status.values}
+
+
+@pytest.mark.timeout(60)
+def test_skip_policy_mismatch_warns_and_keeps_working(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A plan profile driving a node on PLS: one WARN line, /diagnostics WARN with
+    policy_mismatch, operating points still applied; fixed by the node reporting the plan."""
+    g = Graph(save_profile(_profile(PLAN_POLICY), tmp_path / 'grid_plan.yaml'),
+              closed_loop=False)
+    try:
+        target = g.start_target()
+        g.budget(40.0)
+        assert _target_at(g, (0.5, 1000.0))             # still drives the node
+        status = _diagnostics_after(
+            g, lambda s: 'policy_mismatch' in _values(s) and _values(s)['applied'] == 'True')
+        assert status is not None, [(s.message, _values(s)) for s in g.diagnostics[-2:]]
+        assert status.level == DiagnosticStatus.WARN
+        assert 'skip policy mismatch' in status.message
+        values = _values(status)
+        assert (values['profile_skip_policy'], values['target_skip_policy']) == (
+            'plan:grid_greedy', 'proportional')
+        assert 'plans/grid_greedy.yaml' in values['policy_mismatch']
+        assert 'orin_nano_cpu.yaml' in values['policy_mismatch']   # a shipped PLS profile
+        g.budget(25.0)
+        assert _target_at(g, (0.5, 1500.0))
+        # The node now runs the profile's plan: diagnostics OK, no mismatch key.
+        target.skip_policy = 'plan:grid_greedy'
+        status = _diagnostics_after(g, lambda s: _values(s)['target_skip_policy']
+                                    == 'plan:grid_greedy' and _values(s)['applied'] == 'True')
+        assert status is not None
+        assert status.level == DiagnosticStatus.OK and 'policy_mismatch' not in _values(status)
+    finally:
+        g.close()
+    warnings = [line for line in capfd.readouterr().err.splitlines()
+                if 'WARN' in line and 'skip policy' in line]
+    assert len(warnings) == 1, warnings                 # once, not once per frame
+    assert "runs skip policy 'proportional'" in warnings[0]
+    assert "'plan:grid_greedy'" in warnings[0]
+
+
+@pytest.mark.timeout(60)
+def test_skip_policy_match_is_quiet(open_loop: Graph,
+                                    capfd: pytest.CaptureFixture[str]) -> None:
+    g = open_loop                                       # PLS profile, node on PLS
+    g.start_target()
+    g.budget(40.0)
+    assert _target_at(g, (0.5, 1000.0))
+    status = _diagnostics_after(g, lambda s: _values(s)['target_skip_policy'] == 'proportional'
+                                and _values(s)['applied'] == 'True')
+    assert status is not None
+    assert status.level == DiagnosticStatus.OK and 'policy_mismatch' not in _values(status)
+    assert g.manager.policy_mismatch == ''
+    assert 'skip policy' not in capfd.readouterr().err
