@@ -55,7 +55,8 @@ from pls_perception import paths
 from pls_perception.bn_recalibration import load_bn_states
 from pls_perception.dvfs import BACKEND_NAMES, DvfsBackend, FailoverBackend, get_backend
 from pls_perception.energy import EnergyMeter, profile_power_fn
-from pls_perception.engines import ENGINE_NAMES, InferenceEngine, make_engine
+from pls_perception.engines import (ENGINE_NAMES, InferenceEngine, make_engine,
+                                   resolve_engine_name)
 from pls_perception.errors import BackendError, ImageFormatError, PlsError, WeightsError
 from pls_perception.frame_slot import NewestFrameSlot
 from pls_perception.image_conversion import (DEFAULT_MAX_PIXELS, compressed_to_rgb,
@@ -555,6 +556,11 @@ class PerceptionNode(LifecycleNode):
         try:
             meter = self._energy_meter(backend)
             # onnxruntime options (the torch engine ignores them): build these ratios now.
+            if resolve_engine_name(self._param('engine'), device) == 'onnxruntime':
+                self.get_logger().info(
+                    f'onnxruntime: loading the graphs of {len(self._param("prebuild_ratios"))} '
+                    f'keep ratios from the cache ({self._param("onnx_cache_dir") or "default"}); '
+                    'graphs not cached yet are exported now (a few seconds each, once)')
             engine = make_engine(self._param('engine'), loaded, device=device,
                                  keep_ratio=self._take_setpoint().keep_ratio,
                                  ratios=list(self._param('prebuild_ratios')),
@@ -623,20 +629,20 @@ class PerceptionNode(LifecycleNode):
 
     @_log_bugs
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown()
+        self.teardown()
         self.get_logger().info('cleaned up: model freed, DVFS backend reset')
         return TransitionCallbackReturn.SUCCESS
 
     @_log_bugs
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown()
+        self.teardown()
         self.get_logger().info(f'shut down from {state.label}')
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.get_logger().error(f'a transition from {state.label} raised: released everything; '
                                 'the node is unconfigured again, fix the cause and configure')
-        self._teardown()
+        self.teardown()
         return TransitionCallbackReturn.SUCCESS
 
     def _stop_processing(self) -> None:
@@ -653,7 +659,7 @@ class PerceptionNode(LifecycleNode):
                 self.get_logger().error(f'the inference thread did not stop within '
                                         f'{WORKER_JOIN_S:g} s; continuing without it')
 
-    def _teardown(self) -> None:
+    def teardown(self) -> None:
         """Undo configure (and activate); safe from any state and idempotent."""
         self._stop_processing()
         if self._diagnostics_timer is not None:
@@ -708,6 +714,8 @@ class PerceptionNode(LifecycleNode):
             try:
                 self._process(item)
             except Exception:
+                if not self.context.ok():
+                    return  # shutting down (Ctrl-C): nothing left to publish to
                 self._counters.failed += 1
                 self.get_logger().error(
                     f'frame failed ({self._counters.failed} so far; a bug, please report it):\n'
@@ -839,7 +847,7 @@ def main(args: list[str] | None = None) -> None:
         pass
     finally:
         if node is not None:
-            node.release_model()
+            node.teardown()  # Ctrl-C skips the lifecycle: stop frames, free model and backend
             node.destroy_node()
         rclpy.try_shutdown()
 

@@ -3,7 +3,8 @@
 The target is a small real rclpy node standing in for the perception node (same node name,
 parameters keep_ratio / frequency_mhz, ~/classification JSON with the measured latency and the
 skip policy in force): it can be told to reject updates, to run slower than the profile and to
-report another skip policy, which the real network cannot be made to do on demand. The real perception node is driven by the manager in test_demo.py.
+report another skip policy, which the real network cannot be made to do on demand. The real
+perception node is driven by the manager in test_demo.py.
 """
 from __future__ import annotations
 
