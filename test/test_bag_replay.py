@@ -39,7 +39,7 @@ BUDGET_HI_MS, BUDGET_LO_MS = 100.0, 50.0
 RATE_HZ = 0.8 * 1000.0 / BUDGET_HI_MS
 SWITCH_S = 0.5 * 10 * PER_CLASS / RATE_HZ
 PERCEPTION = {'weights': str(paths.reference_weights()), 'dvfs_backend': 'simulated',
-              'qos_reliability': 'reliable', 'qos_depth': 10, 'num_threads': 1,
+              'qos_reliability': 'reliable', 'qos_depth': 100, 'num_threads': 1,
               'autostart': True}
 MANAGER = {'accuracy_loss_max': 1.0}
 SCHEDULE = {'schedule': f'0:{BUDGET_HI_MS:g},{SWITCH_S:g}:{BUDGET_LO_MS:g}',

@@ -46,6 +46,9 @@ def _add_replay_args(parser: argparse.ArgumentParser) -> None:
                         help='publish anyway after waiting this long for subscribers')
     parser.add_argument('--start-delay-s', type=float, default=0.0,
                         help='wait this long after the subscribers matched')
+    parser.add_argument('--qos-depth', type=int, default=100,
+                        help='reliable keep-last depth of the image publisher: deep enough that '
+                             'a catch-up burst after a stall loses no frame (default 100)')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,7 +132,8 @@ def _source_overrides(args: argparse.Namespace, source: str) -> list:
         'loop': bool(args.loop), 'encoding': args.encoding, 'frame_id': args.frame_id,
         'stamp': args.stamp, 'wait_for_subscribers': int(args.wait_for_subscribers),
         'wait_timeout_s': float(args.wait_timeout_s),
-        'start_delay_s': float(args.start_delay_s), 'progress': True}
+        'start_delay_s': float(args.start_delay_s), 'qos_depth': int(args.qos_depth),
+        'progress': True}
     return [Parameter(name, value=value) for name, value in values.items()]
 
 
@@ -158,13 +162,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_record(args: argparse.Namespace) -> int:
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
 
     from pls_perception.nodes.image_source_node import ImageSourceNode
     from pls_perception.nodes.recorder_node import DEFAULT_TOPICS, RecorderNode
 
     rclpy.init()
-    executor = MultiThreadedExecutor(num_threads=3)
+    # One thread: the callbacks only queue messages for the writer thread, and fewer threads
+    # contending for the GIL keep the source's publishing thread on schedule.
+    executor = SingleThreadedExecutor()
     nodes = []
     try:
         with bags.RecordWriter(args.output, args.storage) as writer:
