@@ -11,11 +11,24 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
+
+
+def median_time_us(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``fn()`` in microseconds over ``repeats`` calls."""
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e6)
+    return statistics.median(samples)
 
 
 def metric(name: str, value: float | int | None, unit: str, *, target_max: float | None = None,

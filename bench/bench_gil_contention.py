@@ -11,13 +11,11 @@ Usage: .venv/bin/python bench/bench_gil_contention.py [--repeats 5] [--weights r
 from __future__ import annotations
 
 import argparse
-import statistics
 import threading
-import time
 from collections.abc import Callable
 
 import torch
-from _results import metric, print_metrics, write_result
+from _results import median_time_us, metric, print_metrics, write_result
 from tqdm import tqdm
 
 from pls_perception.engines import make_engine
@@ -38,12 +36,7 @@ def median_ms(fn: Callable[[], object], repeats: int, contended: bool) -> float:
     if contended:
         thread.start()
     try:
-        samples = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(samples)
+        return median_time_us(fn, repeats) / 1e3
     finally:
         stop.set()
         if contended:

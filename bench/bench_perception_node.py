@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import metric, print_metrics, write_result  # noqa: E402
+from _results import median_time_us, metric, print_metrics, write_result  # noqa: E402
 
 os.environ.setdefault('ROS_DOMAIN_ID', str(61 + os.getpid() % 9))
 
@@ -47,28 +47,18 @@ from pls_perception.image_conversion import image_to_rgb  # noqa: E402
 from pls_perception.nodes.perception_node import PerceptionNode  # noqa: E402
 
 
-def time_us(fn: Any, repeats: int) -> float:
-    """Median wall time of ``fn()`` in microseconds."""
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e6)
-    return statistics.median(samples)
-
-
 def bench_conversion(repeats: int) -> dict[str, float]:
     height, width = 1080, 1920
     rgb8 = np.random.default_rng(0).integers(0, 256, height * width * 3, dtype=np.uint8).tobytes()
     mono16 = np.random.default_rng(1).integers(0, 65536, height * width, dtype=np.uint16)
     return {
-        'rgb8_us': time_us(lambda: image_to_rgb('rgb8', height, width, width * 3, 0, rgb8),
+        'rgb8_us': median_time_us(lambda: image_to_rgb('rgb8', height, width, width * 3, 0, rgb8),
                            repeats),
-        'bgr8_us': time_us(lambda: image_to_rgb('bgr8', height, width, width * 3, 0, rgb8),
+        'bgr8_us': median_time_us(lambda: image_to_rgb('bgr8', height, width, width * 3, 0, rgb8),
                            repeats),
-        'mono16_us': time_us(lambda: image_to_rgb('mono16', height, width, width * 2, 0,
+        'mono16_us': median_time_us(lambda: image_to_rgb('mono16', height, width, width * 2, 0,
                                                   mono16.tobytes()), repeats),
-        'memcpy_us': time_us(lambda: np.frombuffer(rgb8, np.uint8).copy(), repeats),
+        'memcpy_us': median_time_us(lambda: np.frombuffer(rgb8, np.uint8).copy(), repeats),
     }
 
 
