@@ -573,7 +573,9 @@ def compute_report(recording: Recording, truth: GroundTruth,
         point = _budget_at(ops, log_time_ns)
         budget = deadline_ms if deadline_ms is not None else (
             point.get('budget_ms') if point else None)
-        energy = payload.get('energy_mj', point.get('energy_mj') if point else None)
+        energy = payload.get('energy_mj')  # null when the node has no energy profile
+        if energy is None and point:
+            energy = point.get('energy_mj')
         latency = payload.get('latency_ms')
         rows.append({
             'stamp_ns': stamp, 'time_ns': log_time_ns, 'label': labels[stamp],

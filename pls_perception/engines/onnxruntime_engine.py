@@ -198,7 +198,7 @@ class OnnxRuntimeEngine(InferenceEngine):
         self._graphs: dict[Masks, _Graph] = {}
         self._weights: dict[str, ort.OrtValue] = {}
         self._pending: dict[Masks, Ratio] = {}
-        self._errors: dict[Masks, str] = {}
+        self._errors: dict[Masks, str] = {}    # masks -> 'ratio: error'
         # ratio -> (policy, masks): a switch is a look-up; a new model policy invalidates it.
         self._mask_cache: dict[Ratio, tuple[object, Masks]] = {}
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
@@ -294,8 +294,7 @@ class OnnxRuntimeEngine(InferenceEngine):
                     'requested_ratio': self._requested,
                     'pending_ratios': list(self._pending.values()),
                     'ready_ratios': [g.ratio for g in self._graphs.values()],
-                    'build_errors': [f'{self._pending.get(m, m)}: {e}'
-                                     for m, e in self._errors.items()],
+                    'build_errors': list(self._errors.values()),
                     'providers': list(self.providers),
                     'cache_dir': str(self.cache_dir)}
 
@@ -349,7 +348,7 @@ class OnnxRuntimeEngine(InferenceEngine):
         with self._lock:
             self._pending.pop(masks, None)
             if error is not None:
-                self._errors[masks] = str(error)
+                self._errors[masks] = f'{ratio}: {error}'
                 _LOG.error('building the ONNX graph for keep ratio %r failed: %s', ratio, error)
                 return
             graph = future.result()

@@ -222,6 +222,7 @@ def _wait_for_publishers(executor, recorder, timeout_s: float) -> None:
     """Spin until every recorded topic except /diagnostics has a publisher (or time out)."""
     deadline = time.monotonic() + timeout_s
     wanted = [topic for topic, _ in recorder.topics if topic != '/diagnostics']
+    missing = wanted
     while time.monotonic() < deadline:
         missing = [t for t in wanted if recorder.count_publishers(t) == 0]
         if not missing:

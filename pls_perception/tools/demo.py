@@ -160,7 +160,9 @@ class Monitor:
                 return
             latency_ms = float(data['latency_ms'])
             r, f = float(data['keep_ratio']), float(data['frequency_mhz'])
-            energy_mj = float(data['energy_mj']) if 'energy_mj' in data else \
+            # the node sends energy_mj = null when it has no energy profile
+            reported = data.get('energy_mj')
+            energy_mj = float(reported) if reported is not None else \
                 modelled_energy_mj(self.profile, r, f, latency_ms)
             self.frames.append(Frame(
                 t_s=time.monotonic() - self.t0, budget_ms=self.budget_ms, keep_ratio=r,

@@ -37,7 +37,7 @@ from pls_perception.policy_profiles import (AccuracyTable, derive_plan_profile,
                                             load_accuracy_table)
 from pls_perception.power_model import TwoZonePowerModel
 from pls_perception.profiles import (SCALING_RULE, OperatingPointProfile, load_profile,
-                                     resolve_profile_path, save_profile)
+                                     resolve_profile_path, save_profile, scale_latency)
 from pls_perception.skip_plans import PlanPolicy, policy_info
 
 DEFAULT_RATIOS = '0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0'
@@ -105,8 +105,8 @@ def measure_latency_grid(engine: InferenceEngine, batch: np.ndarray, ratios: Seq
         if backend.is_real:
             backend.reset()
     if not backend.is_real:
-        ref = latency[:, -1].copy()
-        latency[:, :] = ref[:, None] * (freqs[-1] / freqs)[None, :]
+        ref = int(np.argmax(freqs))  # the one column measured
+        latency[:, :] = scale_latency(latency[:, ref], freqs[ref], freqs)
     return latency, sources
 
 
@@ -230,7 +230,9 @@ def measure(args: argparse.Namespace) -> OperatingPointProfile:
                           **({'frequencies_mhz': args.frequencies}
                              if args.backend == 'simulated' and args.frequencies else {}))
     freqs = sorted(args.frequencies or backend.available_frequencies_mhz())
-    engine = make_engine(args.engine, loaded)
+    # Every ratio built up front: an onnxruntime ratio built on first use would serve the previous
+    # ratio meanwhile, and its latency would be recorded for the wrong ratio.
+    engine = make_engine(args.engine, loaded, ratios=list(ratios), intra_op_threads=args.threads)
     h, w = loaded.preprocessing.input_size
     batch = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
     try:
