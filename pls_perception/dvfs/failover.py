@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from pls_perception.dvfs.base import DvfsBackend, snap_frequency_mhz
+from pls_perception.dvfs.base import DvfsBackend
 from pls_perception.dvfs.simulated import SimulatedBackend
 from pls_perception.errors import BackendError
 
@@ -86,27 +86,20 @@ class FailoverBackend(DvfsBackend):
     # -- the DvfsBackend interface -------------------------------------------------------------
 
     def available_frequencies_mhz(self) -> list[float]:
-        return self._call('available_frequencies_mhz', lambda b: b.available_frequencies_mhz())
+        # The table read at construction: it does not change, and the fallback uses it too.
+        return list(self._frequencies_mhz)
 
     def current_frequency_mhz(self) -> float:
         return self._call('current_frequency_mhz', lambda b: b.current_frequency_mhz())
 
-    def set_frequency_mhz(self, freq_mhz: float) -> float:
-        with self._lock:
-            snap_frequency_mhz(freq_mhz, self._frequencies_mhz)   # ValueError: nothing recorded
-            self._requested_mhz = freq_mhz
-            return self._call('set_frequency_mhz', lambda b: b.set_frequency_mhz(freq_mhz))
-
     def _apply_frequency_mhz(self, freq_mhz: float) -> None:
+        # Reached through DvfsBackend.set_frequency_mhz, which snapped (or raised ValueError).
         with self._lock:
             self._requested_mhz = freq_mhz
             self._call('set_frequency_mhz', lambda b: b._apply_frequency_mhz(freq_mhz))
 
     def writable(self) -> bool:
         return self._call('writable', lambda b: b.writable())
-
-    def max_frequency_mhz(self) -> float:
-        return self._call('max_frequency_mhz', lambda b: b.max_frequency_mhz())
 
     def emulate(self, compute_s: float) -> float:
         with self._lock:
@@ -117,9 +110,10 @@ class FailoverBackend(DvfsBackend):
 
     def describe(self) -> str:
         with self._lock:
-            text = self._call('describe', lambda b: b.describe())
             if self._simulated is None:
-                return text
+                text = self._call('describe', lambda b: b.describe())
+                if self._simulated is None:  # describe itself may have failed over
+                    return text
             return f'{self.name} at {self._simulated.current_frequency_mhz():.1f} MHz'
 
     def reset(self) -> None:

@@ -21,16 +21,6 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str,
-             period_s: float = 0.02) -> None:
-    """Poll ``predicate`` until it is true; fail the test with ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f'timed out after {timeout_s:g} s waiting for {what}')
-        time.sleep(period_s)
-
-
 class Spinner:
     """A MultiThreadedExecutor spinning in a background thread; add nodes while it runs."""
 

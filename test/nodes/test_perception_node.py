@@ -43,6 +43,7 @@ from std_msgs.msg import Float64  # noqa: E402
 from pls_perception import paths  # noqa: E402
 from pls_perception.datasets import load_cifar10  # noqa: E402
 from pls_perception.dvfs.simulated import ORIN_NANO_CPU_FREQUENCIES_MHZ  # noqa: E402
+from pls_perception.nodes.graph_probe import rss_mb  # noqa: E402
 from pls_perception.nodes.perception_node import (  # noqa: E402
     RECONFIGURE_REASON, PerceptionNode)
 from pls_perception.weights import LoadedModel, load_model  # noqa: E402
@@ -335,11 +336,6 @@ def _threads() -> int:
     return min(counts[-3:])
 
 
-def _rss_mb() -> float:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
-
-
 def test_repeated_cycles_leak_neither_memory_nor_threads(
         ros_context: Context, spinner_factory: Callable[[int], Any],
         make_probe: Callable[..., Any], reference: LoadedModel, cifar: tuple) -> None:
@@ -359,7 +355,7 @@ def test_repeated_cycles_leak_neither_memory_nor_threads(
             h.classify(image_msg(images[1], 'rgb8'))
             assert h.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
             assert h.node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
-            samples.append((_threads(), _rss_mb()))
+            samples.append((_threads(), rss_mb(os.getpid())))
         threads, rss = zip(*samples)
         # one thread leaked per cycle would add 3 over the last three cycles
         assert threads[-1] - threads[-4] <= 1, samples
