@@ -29,6 +29,10 @@ with the same masks share a graph, and recalibrated statistics get their own.
 
 Switching ratio is a dictionary look-up under a lock. A ratio whose graph is not loaded yet is
 built on a background thread while the previous ratio keeps serving; `status()` says so.
+``background_ratios`` are loaded or built on that thread too, one at a time, after any ratio that
+is asked for: a cold start builds only what the first frame needs. The build thread is a daemon
+that `close` does not wait for, so a process can stop while a graph is being exported (every
+cache write is atomic, so an interrupted build leaves no partial entry).
 """
 from __future__ import annotations
 
@@ -38,11 +42,13 @@ import json
 import logging
 import os
 import platform
+import signal
 import tempfile
 import threading
+import time
+import traceback
 import warnings
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,11 +57,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+import torch.onnx
 from onnx import TensorProto, numpy_helper
 from onnxruntime.capi.onnxruntime_pybind11_state import (
     Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile)
 
 from pls_perception.engines.base import InferenceEngine, check_batch
+from pls_perception.engines.build_worker import BuildWorker
 from pls_perception.errors import BackendError
 from pls_perception.skipping import Masks, Ratio, SkippableResNet, physically_pruned_copy
 
@@ -70,6 +78,8 @@ OUTPUT_NAME = 'logits'
 _PLACEHOLDER = 'placeholder.bin'
 # Bumped when the export or cache format changes, so stale caches are never reused.
 _FORMAT_VERSION = 1
+# Longest a graph export may take (ResNet-152 takes seconds) before its process is killed.
+EXPORT_TIMEOUT_S = 600.0
 # What ONNX Runtime raises for an unreadable or inconsistent cached graph.
 _ORT_ERRORS = (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile)
 
@@ -144,6 +154,18 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _export_bytes(model: torch.nn.Module, input_size: tuple[int, int]) -> bytes:
+    """``model`` as an ONNX model (TorchScript exporter, dynamic batch) in memory."""
+    dummy = torch.zeros(1, 3, *input_size)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter('ignore')   # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model, (dummy,), buffer, dynamo=False, opset_version=OPSET,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: 'batch'}, OUTPUT_NAME: {0: 'batch'}})
+    return buffer.getvalue()
+
+
 @dataclass(frozen=True)
 class _Graph:
     """One loaded ratio graph: its session and what it was built for."""
@@ -158,8 +180,9 @@ class OnnxRuntimeEngine(InferenceEngine):
 
     ``weights_id`` names the weights in the cache key (the weights file's SHA-256; see
     `from_loaded`). ``ratios`` are built (or loaded from the cache) before the constructor
-    returns, as is ``keep_ratio``; other ratios are built on first use in the background.
-    ``intra_op_threads`` = 0 lets ONNX Runtime pick (one thread per core).
+    returns, as is ``keep_ratio``; ``background_ratios`` are loaded or built afterwards on the
+    build thread, and any other ratio on first use. ``intra_op_threads`` = 0 lets ONNX Runtime
+    pick (one thread per core).
     """
 
     name = 'onnxruntime'
@@ -167,7 +190,8 @@ class OnnxRuntimeEngine(InferenceEngine):
     def __init__(self, model: SkippableResNet, weights_id: str,
                  input_size: tuple[int, int] = (32, 32), ratios: Iterable[Ratio] = (),
                  keep_ratio: Ratio = 1.0, cache_dir: str | Path | None = None,
-                 device: str = 'cpu', intra_op_threads: int = 0) -> None:
+                 device: str = 'cpu', intra_op_threads: int = 0,
+                 background_ratios: Iterable[Ratio] = ()) -> None:
         if len(input_size) != 2 or min(input_size) < 1:
             raise ValueError(f'input_size must be (H, W) > 0, got {input_size!r}')
         if intra_op_threads < 0:
@@ -198,17 +222,19 @@ class OnnxRuntimeEngine(InferenceEngine):
         self._graphs: dict[Masks, _Graph] = {}
         self._weights: dict[str, ort.OrtValue] = {}
         self._pending: dict[Masks, Ratio] = {}
+        self._queued: dict[Masks, Ratio] = {}  # on the build thread's queues, or building
         self._errors: dict[Masks, str] = {}    # masks -> 'ratio: error'
         # ratio -> (policy, masks): a switch is a look-up; a new model policy invalidates it.
         self._mask_cache: dict[Ratio, tuple[object, Masks]] = {}
-        self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix='onnx-build')
+        self._worker: BuildWorker | None = BuildWorker()
         self._closed = False
 
         self.prepare([keep_ratio, *ratios])
         first = self._masks(keep_ratio)
         self._active = self._graphs[first]
         self._requested: Ratio = keep_ratio
+        for ratio in background_ratios:
+            self._queue_build(self._masks(ratio), ratio, urgent=False)
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, device: str = 'cpu', **kw: Any) -> OnnxRuntimeEngine:
@@ -260,11 +286,8 @@ class OnnxRuntimeEngine(InferenceEngine):
                 return
             if masks in self._pending:
                 return
-            self._pending[masks] = ratio
             self._errors.pop(masks, None)
-            assert self._executor is not None
-            future = self._executor.submit(self._load_or_build, masks, ratio)
-        future.add_done_callback(lambda f: self._on_built(f, masks, ratio))
+        self._queue_build(masks, ratio, urgent=True)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         x = check_batch(batch)
@@ -275,13 +298,16 @@ class OnnxRuntimeEngine(InferenceEngine):
         return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
 
     def close(self) -> None:
+        """Drop the sessions; queued builds are cancelled, one in flight is not waited for."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+            worker, self._worker = self._worker, None
+            self._pending.clear()
+            self._queued.clear()
+        if worker is not None:
+            worker.stop()
         with self._lock:
             self._graphs.clear()
             self._weights.clear()
@@ -293,6 +319,8 @@ class OnnxRuntimeEngine(InferenceEngine):
                     'active_ratio': self._active.ratio,
                     'requested_ratio': self._requested,
                     'pending_ratios': list(self._pending.values()),
+                    'background_ratios': [r for m, r in self._queued.items()
+                                          if m not in self._pending],
                     'ready_ratios': [g.ratio for g in self._graphs.values()],
                     'build_errors': list(self._errors.values()),
                     'providers': list(self.providers),
@@ -310,14 +338,13 @@ class OnnxRuntimeEngine(InferenceEngine):
             self._add_graph(self._load_or_build(masks, ratio))
 
     def wait_ready(self, timeout_s: float | None = None) -> bool:
-        """Block until no graph is pending (True) or ``timeout_s`` passes (False)."""
+        """Block until no graph is pending or building in the background (True) or
+        ``timeout_s`` passes (False)."""
         with self._lock:
-            executor = self._executor
-        if executor is None:
+            worker = self._worker
+        if worker is None:
             return not self._pending
-        done = threading.Event()
-        executor.submit(done.set)       # single worker: runs after every queued build
-        return done.wait(timeout_s) and not self.pending_ratios
+        return worker.wait_idle(timeout_s) and not self.pending_ratios
 
     def _masks(self, ratio: Ratio) -> Masks:
         """The model's skip masks for ``ratio`` under its current policy (ValueError if bad)."""
@@ -341,17 +368,39 @@ class OnnxRuntimeEngine(InferenceEngine):
         with self._lock:
             self._graphs.setdefault(graph.masks, graph)
 
-    def _on_built(self, future: Future, masks: Masks, ratio: Ratio) -> None:
-        if future.cancelled():
-            return
-        error = future.exception()
+    def _queue_build(self, masks: Masks, ratio: Ratio, urgent: bool) -> None:
+        """Have the build thread load or build ``masks``; ``urgent`` = someone waits for it."""
         with self._lock:
+            if self._closed or masks in self._graphs or masks in self._pending:
+                return
+            if urgent:
+                self._pending[masks] = ratio   # jumps the background queue; a duplicate no-ops
+            elif masks in self._queued:
+                return
+            self._queued[masks] = ratio
+            worker = self._worker
+        assert worker is not None
+        worker.submit(lambda: self._run_build(masks, ratio), urgent=urgent)
+
+    def _run_build(self, masks: Masks, ratio: Ratio) -> None:
+        """On the build thread: load or build, then switch to it if it is the ratio asked for."""
+        with self._lock:
+            if self._closed or masks in self._graphs:
+                return
+        try:
+            graph: _Graph | None = self._load_or_build(masks, ratio)
+            error = None
+        except Exception as e:  # noqa: BLE001 - reported in status() and the log
+            graph, error = None, e
+        with self._lock:
+            self._queued.pop(masks, None)
             self._pending.pop(masks, None)
-            if error is not None:
+            if self._closed:
+                return
+            if graph is None:
                 self._errors[masks] = f'{ratio}: {error}'
                 _LOG.error('building the ONNX graph for keep ratio %r failed: %s', ratio, error)
                 return
-            graph = future.result()
             self._graphs.setdefault(masks, graph)
             if self._requested == ratio or self._masks(self._requested) == masks:
                 self._active = _Graph(masks, self._requested, graph.session)
@@ -379,16 +428,41 @@ class OnnxRuntimeEngine(InferenceEngine):
             return _Graph(masks, ratio, self._session(graph_path, names))
 
     def _export(self, ratio: Ratio) -> bytes:
-        """The kept blocks (with this ratio's BN statistics) as an ONNX model in memory."""
+        """The kept blocks (with this ratio's BN statistics) as an ONNX model in memory.
+
+        The TorchScript exporter holds the GIL for up to ~1 s at a time, which would stall a
+        node's executor and inference threads; where the OS can fork, it runs in a child
+        process (which inherits the loaded model, so nothing is re-imported) while this thread
+        waits without the GIL.
+        """
         pruned = physically_pruned_copy(self.model, ratio).eval().float().cpu()
-        dummy = torch.zeros(1, 3, *self.input_size)
-        buffer = io.BytesIO()
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter('ignore')   # the TorchScript exporter's deprecation notice
-            torch.onnx.export(pruned, (dummy,), buffer, dynamo=False, opset_version=OPSET,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: 'batch'}, OUTPUT_NAME: {0: 'batch'}})
-        return buffer.getvalue()
+        if not hasattr(os, 'fork'):
+            return _export_bytes(pruned, self.input_size)
+        with tempfile.TemporaryDirectory(dir=self.cache_dir) as tmp:
+            out, error = Path(tmp) / 'exported.onnx', Path(tmp) / 'error.txt'
+            pid = os.fork()
+            if pid == 0:                      # child: export, write, leave at once
+                code = 1
+                try:
+                    torch.set_num_threads(1)
+                    out.write_bytes(_export_bytes(pruned, self.input_size))
+                    code = 0
+                except BaseException:  # noqa: BLE001 - reported to the parent through a file
+                    error.write_text(traceback.format_exc(limit=-3))
+                finally:
+                    os._exit(code)
+            deadline = time.monotonic() + EXPORT_TIMEOUT_S
+            while os.waitpid(pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    raise BackendError(f'exporting keep ratio {ratio!r} took over '
+                                       f'{EXPORT_TIMEOUT_S:g} s; gave up')
+                time.sleep(0.02)
+            if not out.is_file():
+                why = error.read_text() if error.is_file() else 'the export process died'
+                raise BackendError(f'exporting keep ratio {ratio!r} failed: {why.strip()}')
+            return out.read_bytes()
 
     def _optimize(self, model_bytes: bytes) -> onnx.ModelProto:
         """ONNX Runtime's offline graph optimisation (BN folding, fusions, NCHWc on CPU)."""

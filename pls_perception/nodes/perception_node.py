@@ -24,7 +24,9 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import re
+import sys
 import threading
 import time
 import traceback
@@ -44,10 +46,8 @@ from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import Subscription
-from rclpy.timer import Timer
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64, String
 
@@ -55,7 +55,7 @@ from pls_perception import paths
 from pls_perception.bn_recalibration import load_bn_states
 from pls_perception.dvfs import BACKEND_NAMES, DvfsBackend, FailoverBackend, get_backend
 from pls_perception.energy import EnergyMeter, profile_power_fn
-from pls_perception.engines import (ENGINE_NAMES, InferenceEngine, make_engine,
+from pls_perception.engines import (ENGINE_NAMES, InferenceEngine, build_worker, make_engine,
                                    resolve_engine_name)
 from pls_perception.errors import BackendError, ImageFormatError, PlsError, WeightsError
 from pls_perception.frame_slot import NewestFrameSlot
@@ -63,6 +63,7 @@ from pls_perception.image_conversion import (DEFAULT_MAX_PIXELS, compressed_to_r
                                              image_to_rgb)
 from pls_perception.nodes.dvfs_manager_node import default_profile_path
 from pls_perception.nodes.spin import make_executor
+from pls_perception.nodes.threaded_transitions import ThreadedTransitions
 from pls_perception.profiles import load_profile
 from pls_perception.skip_plans import load_policy
 from pls_perception.weights import LoadedModel, load_model
@@ -80,6 +81,10 @@ WARN_THROTTLE_S = 5.0
 PREBUILD_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 # Longest wait for the frame in flight when deactivating (a frame takes well under a second).
 WORKER_JOIN_S = 30.0
+# Longest waits at Ctrl-C for a transition in progress (a configure loading the model) and for
+# a graph export on the engine's build thread.
+TRANSITION_JOIN_S = 10.0
+BUILD_JOIN_S = 1.0
 
 ModelLoader = Callable[..., LoadedModel]
 Transition = Callable[['PerceptionNode', LifecycleState], TransitionCallbackReturn]
@@ -333,10 +338,8 @@ class PerceptionNode(LifecycleNode):
         self._pipeline: Optional[FramePipeline] = None
         self._pipeline_lock = threading.Lock()  # held for a whole frame and for teardown
         self._classification_pub: Optional[LifecyclePublisher] = None
-        self._diagnostics_pub: Optional[Publisher] = None
         self._image_sub: Optional[Subscription] = None
         self._budget_sub: Optional[Subscription] = None
-        self._diagnostics_timer: Optional[Timer] = None
         # (message, receive time) from the image callback to the inference thread
         self._slot: Optional[NewestFrameSlot[tuple[Any, float]]] = None
         self._worker: Optional[threading.Thread] = None
@@ -347,12 +350,18 @@ class PerceptionNode(LifecycleNode):
         self._budget_ms: Optional[float] = None
         self._info: dict[str, Any] = {}
         self._hardware_id = 'none'
+        self._progress = ''  # what a running configure is doing, for /diagnostics
         super().__init__(node_name, **kwargs)
         self._guard_change_state_service()
+        self.transitions = ThreadedTransitions(self)
         self._declare_parameters()
         self._requested = Setpoint(self.get_parameter('keep_ratio').value,
                                    self.get_parameter('frequency_mhz').value)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        # Diagnostics from start-up on, so a long configure reports what it is doing.
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._diagnostics_timer = self.create_timer(
+            self._param('diagnostics_period_s'), self._publish_diagnostics)
 
     def _guard_change_state_service(self) -> None:
         """Answer an invalid transition id with success=False instead of dying.
@@ -418,9 +427,10 @@ class PerceptionNode(LifecycleNode):
             f'inference engine, one of {ENGINE_NAMES}; auto = onnxruntime on the CPU when '
             'installed (about 4x faster than eager torch at batch 1), else torch'))
         declare('prebuild_ratios', list(PREBUILD_RATIOS), d(
-            'onnxruntime engine: keep ratios whose graphs are built (or loaded from the cache) at '
-            'configure, besides keep_ratio; any other ratio is built in the background when first '
-            'asked for, the previous ratio serving meanwhile (see /diagnostics)'))
+            'onnxruntime engine: keep ratios whose graphs are loaded from the cache (or built) in '
+            'the background once keep_ratio\'s graph is ready at configure; a ratio asked for '
+            'before its graph is ready is built first, the previous ratio serving meanwhile (see '
+            '/diagnostics)'))
         declare('onnx_cache_dir', '', d(
             "onnxruntime engine: graph cache directory; '' = $PLS_ONNX_CACHE, else "
             '~/.cache/pls_perception/onnx'))
@@ -444,7 +454,7 @@ class PerceptionNode(LifecycleNode):
         declare('latency_window', 100, d(
             'frames in the diagnostics latency window', int_range=(1, 100000)))
         declare('diagnostics_period_s', 1.0, d(
-            'period of /diagnostics', float_range=(0.05, 60.0)))
+            'period of /diagnostics (read at start-up)', float_range=(0.05, 60.0)))
         declare('autostart', False, d(
             'configure and activate right after start-up (main() only)', read_only=True))
 
@@ -514,6 +524,8 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().error(f'configure failed: {e}. Fix the parameters named above and '
                                     'configure again')
             return TransitionCallbackReturn.FAILURE
+        finally:
+            self._progress = ''
         self._pipeline = pipeline
         self._counters = FrameCounters()
         self._window = FrameWindow(self._param('latency_window'))
@@ -538,6 +550,7 @@ class PerceptionNode(LifecycleNode):
         if self._param('num_threads') > 0:
             torch.set_num_threads(self._param('num_threads'))
         num_classes = self._param('num_classes') or None
+        self._progress = f'loading the weights ({weights})'
         loaded = self._model_loader(weights, num_classes=num_classes,
                                     allow_random=weights == 'random')
         class_names = self.get_parameter_or(
@@ -555,15 +568,18 @@ class PerceptionNode(LifecycleNode):
                               sysfs_root=self._param('dvfs_sysfs_root'), failover=True)
         try:
             meter = self._energy_meter(backend)
-            # onnxruntime options (the torch engine ignores them): build these ratios now.
+            # onnxruntime options (the torch engine ignores them): the first frame's ratio now,
+            # the others on the engine's build thread while frames flow.
+            keep_ratio = self._take_setpoint().keep_ratio
             if resolve_engine_name(self._param('engine'), device) == 'onnxruntime':
+                self._progress = (f'onnxruntime: loading the graph of keep ratio {keep_ratio:g} '
+                                  'from the cache, or exporting it (once, 10-30 s)')
                 self.get_logger().info(
-                    f'onnxruntime: loading the graphs of {len(self._param("prebuild_ratios"))} '
-                    f'keep ratios from the cache ({self._param("onnx_cache_dir") or "default"}); '
-                    'graphs not cached yet are exported now (a few seconds each, once)')
+                    f'{self._progress}; the other prebuild_ratios follow in the background '
+                    f'(cache: {self._param("onnx_cache_dir") or "default"})')
             engine = make_engine(self._param('engine'), loaded, device=device,
-                                 keep_ratio=self._take_setpoint().keep_ratio,
-                                 ratios=list(self._param('prebuild_ratios')),
+                                 keep_ratio=keep_ratio,
+                                 background_ratios=list(self._param('prebuild_ratios')),
                                  cache_dir=self._param('onnx_cache_dir') or None,
                                  intra_op_threads=self._param('num_threads'))
         except BaseException:
@@ -572,6 +588,7 @@ class PerceptionNode(LifecycleNode):
         pipeline = FramePipeline(loaded, engine, backend, class_names, self._param('top_k'),
                                  meter)
         try:
+            self._progress = 'warming up'
             pipeline.apply(self._take_setpoint())
             pipeline.warm_up(self._param('warmup_frames'))
         except BaseException:
@@ -598,11 +615,8 @@ class PerceptionNode(LifecycleNode):
     def _create_entities(self) -> None:
         self._classification_pub = self.create_lifecycle_publisher(
             String, '~/classification', 10)
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._budget_sub = self.create_subscription(
             Float64, '/latency_budget', self._on_budget, 10)
-        self._diagnostics_timer = self.create_timer(
-            self._param('diagnostics_period_s'), self._publish_diagnostics)
 
     @_log_bugs
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -662,15 +676,9 @@ class PerceptionNode(LifecycleNode):
     def teardown(self) -> None:
         """Undo configure (and activate); safe from any state and idempotent."""
         self._stop_processing()
-        if self._diagnostics_timer is not None:
-            self.destroy_timer(self._diagnostics_timer)
-            self._diagnostics_timer = None
         if self._budget_sub is not None:
             self.destroy_subscription(self._budget_sub)
             self._budget_sub = None
-        if self._diagnostics_pub is not None:
-            self.destroy_publisher(self._diagnostics_pub)
-            self._diagnostics_pub = None
         if self._classification_pub is not None:
             self.destroy_lifecycle_publisher(self._classification_pub)
             self._classification_pub = None
@@ -727,8 +735,9 @@ class PerceptionNode(LifecycleNode):
             pipeline = self._pipeline
             if pipeline is None:
                 return
+            setpoint = self._take_setpoint()  # the frame below runs at this pair
             try:
-                pipeline.apply(self._take_setpoint())
+                pipeline.apply(setpoint)
             except (BackendError, ValueError) as e:
                 self.get_logger().error(f'cannot apply the operating point: {e}',
                                         throttle_duration_sec=WARN_THROTTLE_S)
@@ -752,7 +761,7 @@ class PerceptionNode(LifecycleNode):
             self._counters.deadline_misses += 1
         info = {**self._info, 'dvfs_backend': pipeline.backend.name,
                 'dvfs_real': bool(pipeline.backend.is_real),
-                'frequency_requested_mhz': self._take_setpoint().freq_mhz,
+                'frequency_requested_mhz': setpoint.freq_mhz,
                 'queue_ms': round(queue_ms, 3), 'frames': self._counters.as_dict()}
         publisher = self._classification_pub
         if publisher is not None:
@@ -768,13 +777,17 @@ class PerceptionNode(LifecycleNode):
         """The node's one DiagnosticStatus (also used by tests).
 
         ERROR when the DVFS backend failed (the node runs on the simulated one); WARN for deadline
-        misses, malformed or failed frames, and a requested ratio still being built.
+        misses, malformed or failed frames, and a requested ratio still being built. While a
+        configure runs, the message says what it is doing.
         """
         pipeline = self._pipeline
         window = self._window.summary() if self._window else {}
         counters = self._counters.as_dict()
         values: dict[str, str] = {'state': self.lifecycle_state}
         problems: list[str] = []
+        progress = self._progress
+        if progress:
+            values['configure_step'] = progress
         fault = None
         if pipeline is not None:
             backend, engine = pipeline.backend, pipeline.engine
@@ -794,6 +807,8 @@ class PerceptionNode(LifecycleNode):
             status = engine.status()
             pending = status.get('pending_ratios', [])
             values['engine_pending_ratios'] = ' '.join(f'{r:g}' for r in pending) or 'none'
+            background = status.get('background_ratios', [])
+            values['engine_background_builds'] = ' '.join(f'{r:g}' for r in background) or 'none'
             if pending:
                 problems.append(f'building the graph of ratio {status["requested_ratio"]:g}, '
                                 f'serving {status["active_ratio"]:g} meanwhile')
@@ -818,7 +833,9 @@ class PerceptionNode(LifecycleNode):
         elif problems:
             status.level, status.message = DiagnosticStatus.WARN, '; '.join(problems)
         else:
-            status.level, status.message = DiagnosticStatus.OK, self.lifecycle_state
+            status.level = DiagnosticStatus.OK
+            status.message = f'{self.lifecycle_state}: {progress}' if progress else (
+                self.lifecycle_state)
         return status
 
     def _publish_diagnostics(self) -> None:
@@ -840,16 +857,29 @@ def main(args: list[str] | None = None) -> None:
         executor = make_executor()
         executor.add_node(node)
         if node.get_parameter('autostart').value:
-            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-                node.trigger_activate()
+            # Off the executor thread: the node answers its services while it configures.
+            node.transitions.start(node.trigger_configure, node.trigger_activate)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        transition_done = True
         if node is not None:
+            transition_done = node.transitions.join(TRANSITION_JOIN_S)
+            if not transition_done:
+                node.get_logger().warning(
+                    f'a transition was still running {TRANSITION_JOIN_S:g} s after Ctrl-C; '
+                    'stopping anyway')
             node.teardown()  # Ctrl-C skips the lifecycle: stop frames, free model and backend
             node.destroy_node()
         rclpy.try_shutdown()
+        if not (build_worker.join_all(BUILD_JOIN_S) and transition_done):
+            # A graph export is still inside torch/ONNX Runtime C++ code: a normal interpreter
+            # exit would abort in static destructors. ROS clean-up and the DVFS reset are done
+            # and cache writes are atomic, so end the process here.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
 
 if __name__ == '__main__':

@@ -290,3 +290,39 @@ def test_policy_change_takes_effect_at_next_switch(small_model: SkippableResNet,
         assert engine.pending_ratios == ()
         full = engine.infer(np.ones((1, 3, 32, 32), np.float32))
     assert not np.allclose(half, full)
+
+
+def test_background_ratios_build_after_construction_without_switching(
+        small_model: SkippableResNet, tmp_path: Path, batch: np.ndarray) -> None:
+    # A cold start builds only keep_ratio before the constructor returns.
+    # (ResNet-18 has two blocks per stage: 0.5 and 0.25 share one graph.)
+    with _engine(small_model, tmp_path, keep_ratio=1.0, background_ratios=(0.5, 0.25)) as engine:
+        assert engine.keep_ratio == 1.0
+        assert engine.pending_ratios == ()        # nobody waits for a background ratio
+        assert engine.wait_ready(120)
+        assert engine.status()['background_ratios'] == []
+        assert set(engine.ready_ratios) == {1.0, 0.5}
+        assert engine.keep_ratio == 1.0           # built, not switched to
+        engine.set_keep_ratio(0.5)
+        assert engine.keep_ratio == 0.5 and engine.pending_ratios == ()
+        np.testing.assert_allclose(engine.infer(batch), _torch_logits(small_model, batch, 0.5),
+                                   rtol=0, atol=1e-4)
+
+
+def test_asking_for_a_queued_background_ratio_switches_to_it_when_built(
+        small_model: SkippableResNet, tmp_path: Path) -> None:
+    with _engine(small_model, tmp_path, background_ratios=(0.75, 0.5, 0.25)) as engine:
+        engine.set_keep_ratio(0.25)               # queued behind the others: jumps the queue
+        assert engine.requested_ratio == 0.25
+        assert engine.wait_ready(120)
+        assert engine.keep_ratio == 0.25 and engine.status()['build_errors'] == []
+
+
+def test_close_does_not_wait_for_background_builds(small_model: SkippableResNet,
+                                                   tmp_path: Path) -> None:
+    engine = _engine(small_model, tmp_path, background_ratios=(0.75, 0.5, 0.25))
+    engine.close()
+    status = engine.status()
+    assert status['pending_ratios'] == [] and status['background_ratios'] == []
+    with pytest.raises(BackendError, match='closed'):
+        engine.set_keep_ratio(0.5)
