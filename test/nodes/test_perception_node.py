@@ -481,6 +481,41 @@ def test_parameter_updates_apply_from_the_next_frame_while_images_flow(
     assert (result['keep_ratio'], result['frequency_mhz']) == (0.4, 1036.8)
 
 
+def test_each_classification_reports_the_pair_its_frame_ran_at(
+        harness: Callable[..., Harness], cifar: tuple) -> None:
+    # Atomic (ratio, frequency) updates arrive far faster than frames: every classification must
+    # report a pair that was requested together, the one its frame ran at.
+    images, _ = cifar
+    pairs = [(0.3, 499.2), (0.5, 806.4), (0.7, 1113.6), (0.9, 1420.8)]
+    h = harness()
+    h.start()
+    stop = threading.Event()
+
+    def stream() -> None:
+        for i in itertools.cycle(range(len(images))):
+            if stop.is_set():
+                return
+            h.send(image_msg(images[i], 'rgb8'))
+            time.sleep(0.02)
+
+    streamer = threading.Thread(target=stream, daemon=True)
+    streamer.start()
+    try:
+        h.probe.next()
+        for ratio, freq in itertools.islice(itertools.cycle(pairs), 200):
+            assert h.set_atomically(keep_ratio=ratio, frequency_mhz=freq).successful
+    finally:
+        stop.set()
+        streamer.join()
+    reported = h.probe.drain()
+    assert len(reported) >= 5
+    allowed = {*pairs, (1.0, 0.0)}
+    mixed = [(m['keep_ratio'], m['frequency_requested_mhz'], m['frequency_mhz'])
+             for m in reported if (m['keep_ratio'], m['frequency_requested_mhz']) not in allowed
+             or m['frequency_mhz'] != (m['frequency_requested_mhz'] or F_MAX_MHZ)]
+    assert not mixed, f'{len(mixed)} of {len(reported)} report pairs never requested: {mixed[:5]}'
+
+
 def test_invalid_and_configure_time_parameters_are_rejected_with_reasons(
         harness: Callable[..., Harness], cifar: tuple) -> None:
     h = harness()
