@@ -7,8 +7,10 @@ Pure functions of a profile: no hardware. Two strategies so they can be compared
 * ``alg2``: the paper's Algorithm 2: the largest skip (smallest r) whose accuracy loss is within
   epsilon, then, at that r, the frequency meeting the budget with the least objective.
 
-If nothing meets the budget, both return the fastest accuracy-feasible point flagged
-``feasible=False`` with a reason. :class:`OperatingPointSelector` adds hysteresis so budget jitter
+If nothing meets the budget, both return a point flagged ``feasible=False`` with a reason:
+``on_infeasible='fastest'`` (the paper's constraint order) gives the fastest accuracy-feasible
+point; ``'relax_accuracy'`` (deadline first, for hard real-time users) gives the most accurate
+point that meets the budget, least objective among equals, else the fastest point of all. :class:`OperatingPointSelector` adds hysteresis so budget jitter
 does not make the point flip back and forth. All work is numpy on the whole grid (< 1 ms for
 100 x 100, see bench/bench_optimizer.py).
 """
@@ -23,6 +25,7 @@ from pls_perception.profiles import OperatingPointProfile
 
 OBJECTIVES: tuple[str, ...] = ('edp', 'energy', 'latency')
 STRATEGIES: tuple[str, ...] = ('joint', 'alg2')
+ON_INFEASIBLE: tuple[str, ...] = ('fastest', 'relax_accuracy')
 
 
 @dataclass(frozen=True)
@@ -97,14 +100,18 @@ def _point(profile: OperatingPointProfile, flat: int, feasible: bool, reason: st
 
 
 def solve(profile: OperatingPointProfile, budget_ms: float, accuracy_loss_max: float,
-          objective: str = 'edp', strategy: str = 'joint') -> OperatingPoint:
+          objective: str = 'edp', strategy: str = 'joint',
+          on_infeasible: str = 'fastest') -> OperatingPoint:
     """Best (r, f) of ``profile`` for ``budget_ms`` and an accuracy loss <= ``accuracy_loss_max``
-    (fraction, relative to the largest ratio). See the module docstring for the strategies."""
+    (fraction, relative to the largest ratio). See the module docstring for the strategies and
+    ``on_infeasible``."""
     budget_ms = check_budget_ms(budget_ms)
     eps = check_accuracy_loss_max(accuracy_loss_max)
     values = _objective_matrix(profile, objective)
     if strategy not in STRATEGIES:
         raise ValueError(f'strategy must be one of {STRATEGIES}, got {strategy!r}')
+    if on_infeasible not in ON_INFEASIBLE:
+        raise ValueError(f'on_infeasible must be one of {ON_INFEASIBLE}, got {on_infeasible!r}')
     latency = profile.latency_ms
     acc_ok = profile.accuracy_loss <= eps + 1e-12          # [R]; the largest ratio always passes
     acc_grid = np.broadcast_to(acc_ok[:, None], latency.shape)
@@ -118,12 +125,37 @@ def solve(profile: OperatingPointProfile, budget_ms: float, accuracy_loss_max: f
     if flat is not None:
         return _point(profile, flat, True, f'min {objective} within {budget_ms:g} ms',
                       strategy, objective)
+    if on_infeasible == 'relax_accuracy':
+        return _relaxed(profile, budget_ms, eps, values, strategy, objective)
     fastest = _argmin_masked(latency, latency, acc_grid)
     assert fastest is not None                             # acc_ok is never empty
     point = _point(profile, fastest, False, '', strategy, objective)
     reason = (f'infeasible: no point with accuracy loss <= {eps:g} meets {budget_ms:g} ms; '
               f'fastest accuracy-feasible point takes {point.latency_ms:.3f} ms')
     return _point(profile, fastest, False, reason, strategy, objective)
+
+
+def _relaxed(profile: OperatingPointProfile, budget_ms: float, eps: float, values: np.ndarray,
+             strategy: str, objective: str) -> OperatingPoint:
+    """Deadline first: the most accurate point within ``budget_ms``, else the fastest point."""
+    latency = profile.latency_ms
+    meets = latency <= budget_ms
+    if meets.any():
+        best_loss = profile.accuracy_loss[meets.any(axis=1)].min()
+        rows = np.broadcast_to((profile.accuracy_loss <= best_loss + 1e-12)[:, None],
+                               latency.shape)
+        flat = _argmin_masked(values, latency, meets & rows)
+        assert flat is not None
+        point = _point(profile, flat, False, '', strategy, objective)
+        reason = (f'accuracy relaxed: no point with accuracy loss <= {eps:g} meets '
+                  f'{budget_ms:g} ms; the most accurate one that does loses '
+                  f'{point.accuracy_loss:.4g}')
+    else:
+        flat = int(np.argmin(latency))
+        point = _point(profile, flat, False, '', strategy, objective)
+        reason = (f'infeasible: no point meets {budget_ms:g} ms, even with accuracy relaxed; '
+                  f'the fastest takes {point.latency_ms:.3f} ms')
+    return _point(profile, flat, False, reason, strategy, objective)
 
 
 class OperatingPointSelector:
@@ -137,12 +169,15 @@ class OperatingPointSelector:
 
     def __init__(self, profile: OperatingPointProfile, accuracy_loss_max: float,
                  objective: str = 'edp', strategy: str = 'joint',
-                 hysteresis: float = 0.05) -> None:
+                 hysteresis: float = 0.05, on_infeasible: str = 'fastest') -> None:
         if not (isinstance(hysteresis, (int, float)) and 0 <= hysteresis < 1):
             raise ValueError(f'hysteresis must be a fraction in [0, 1), got {hysteresis!r}')
         _objective_matrix(profile, objective)
         if strategy not in STRATEGIES:
             raise ValueError(f'strategy must be one of {STRATEGIES}, got {strategy!r}')
+        if on_infeasible not in ON_INFEASIBLE:
+            raise ValueError(f'on_infeasible must be one of {ON_INFEASIBLE}, got {on_infeasible!r}')
+        self.on_infeasible = on_infeasible
         self.profile = profile
         self.accuracy_loss_max = check_accuracy_loss_max(accuracy_loss_max)
         self.objective = objective
@@ -152,7 +187,7 @@ class OperatingPointSelector:
 
     def _solve(self, budget_ms: float) -> OperatingPoint:
         return solve(self.profile, budget_ms, self.accuracy_loss_max, self.objective,
-                     self.strategy)
+                     self.strategy, self.on_infeasible)
 
     def update(self, budget_ms: float) -> OperatingPoint:
         budget_ms = check_budget_ms(budget_ms)

@@ -7,10 +7,13 @@ exclusive lock file held for the life of the process, so two concurrent runs nev
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sys
 import tempfile
 from typing import IO
+
+import pytest
 
 _DOMAIN_RANGE = range(100, 200)
 _domain_lock: IO[str] | None = None
@@ -42,3 +45,13 @@ os.environ.setdefault('AMENT_PREFIX_PATH', sys.prefix)
 os.environ.setdefault('MPLBACKEND', 'Agg')
 # ONNX graphs built by tests (random or tiny networks) go to a throw-away cache shared by the run.
 os.environ.setdefault('PLS_ONNX_CACHE', tempfile.mkdtemp(prefix='pls_onnx_cache_'))
+
+
+@pytest.fixture(autouse=True)
+def _package_logs_reach_caplog() -> None:
+    """The launch_testing pytest plugin imports ``launch.logging``, which makes every logger
+    created afterwards a LaunchLogger with ``propagate = False``: the package's log records would
+    never reach pytest's ``caplog``. Let them propagate, as they do outside launch."""
+    for name, logger in logging.root.manager.loggerDict.items():
+        if name.split('.', 1)[0] == 'pls_perception' and isinstance(logger, logging.Logger):
+            logger.propagate = True

@@ -161,3 +161,38 @@ def test_hysteresis_switches_when_current_violates_budget() -> None:
     assert second.latency_ms <= first.latency_ms * 0.5 or not second.feasible
     with pytest.raises(ValueError, match='hysteresis'):
         OperatingPointSelector(prof, 0.05, hysteresis=1.5)
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 10_000), n_r=st.integers(1, 8), n_f=st.integers(1, 8),
+       budget_ms=st.floats(0.5, 60.0), eps=st.floats(0.0, 0.5))
+def test_relax_accuracy_is_deadline_first(seed: int, n_r: int, n_f: int, budget_ms: float,
+                                          eps: float) -> None:
+    prof = random_profile(seed, n_r, n_f)
+    point = solve(prof, budget_ms, eps, on_infeasible='relax_accuracy')
+    if brute_force(prof, budget_ms, eps, 'edp') is not None:
+        assert point == solve(prof, budget_ms, eps)     # nothing changes when feasible
+        return
+    assert not point.feasible
+    meets = prof.latency_ms <= budget_ms
+    if not meets.any():
+        assert 'even with accuracy relaxed' in point.reason
+        assert point.latency_ms == pytest.approx(prof.latency_ms.min())
+        return
+    # brute force: the least accuracy loss among points meeting the budget, then the least EDP
+    candidates = [(prof.accuracy_loss[i], prof.edp[i, j])
+                  for i, j in itertools.product(range(n_r), range(n_f)) if meets[i, j]]
+    best_loss = min(loss for loss, _ in candidates)
+    assert 'accuracy relaxed' in point.reason and point.latency_ms <= budget_ms
+    assert point.accuracy_loss == pytest.approx(best_loss)
+    assert point.edp == pytest.approx(min(e for loss, e in candidates
+                                          if loss <= best_loss + 1e-12))
+
+
+def test_relax_accuracy_on_the_orin_nano_profile_trades_ratio_for_the_deadline() -> None:
+    prof = load_profile(config_dir() / 'profiles' / 'orin_nano_cpu.yaml')
+    points = [solve(prof, b, 0.05, on_infeasible='relax_accuracy') for b in (400, 55, 45, 35)]
+    assert all(p.latency_ms <= b for p, b in zip(points, (400, 55, 45, 35)))
+    assert len({p.keep_ratio for p in points}) >= 3 and len({p.freq_mhz for p in points}) >= 3
+    with pytest.raises(ValueError, match='on_infeasible'):
+        solve(prof, 50.0, 0.05, on_infeasible='drop')

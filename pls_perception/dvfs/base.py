@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import logging
 import math
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -94,8 +95,13 @@ class DvfsBackend(ABC):
     def max_frequency_mhz(self) -> float:
         return max(self.available_frequencies_mhz())
 
-    def emulate(self, compute_s: float) -> float:
-        """Real hardware needs no emulation: return 0.0 seconds slept."""
+    def emulate(self, compute_s: float, keep_ratio: float = 1.0,
+                interrupt: threading.Event | None = None) -> float:
+        """Real hardware needs no emulation: return 0.0 seconds slept.
+
+        The simulated backend sleeps so the frame lasts as long as it would at the set
+        frequency; ``interrupt`` set cuts that sleep short (a new operating point mid-frame).
+        """
         return 0.0
 
     def describe(self) -> str:

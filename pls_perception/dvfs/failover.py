@@ -34,7 +34,7 @@ class FailoverBackend(DvfsBackend):
     """
 
     def __init__(self, backend: DvfsBackend,
-                 sleep_fn: Callable[[float], None] = time.sleep) -> None:
+                 sleep_fn: Callable[[float], None] | None = None) -> None:
         self._inner = backend
         # Cached now: after a fault the files that list them may be gone.
         self._frequencies_mhz = list(backend.available_frequencies_mhz())
@@ -101,12 +101,13 @@ class FailoverBackend(DvfsBackend):
     def writable(self) -> bool:
         return self._call('writable', lambda b: b.writable())
 
-    def emulate(self, compute_s: float) -> float:
+    def emulate(self, compute_s: float, keep_ratio: float = 1.0,
+                interrupt: threading.Event | None = None) -> float:
         with self._lock:
             simulated = self._simulated
         if simulated is not None:        # it sleeps: outside the lock, so diagnostics never wait
-            return simulated.emulate(compute_s)
-        return self._call('emulate', lambda b: b.emulate(compute_s))
+            return simulated.emulate(compute_s, keep_ratio, interrupt)
+        return self._call('emulate', lambda b: b.emulate(compute_s, keep_ratio, interrupt))
 
     def describe(self) -> str:
         with self._lock:

@@ -54,6 +54,7 @@ from std_msgs.msg import Float64, String
 from pls_perception import paths
 from pls_perception.bn_recalibration import load_bn_states
 from pls_perception.dvfs import BACKEND_NAMES, DvfsBackend, FailoverBackend, get_backend
+from pls_perception.dvfs.simulated import profile_latency_model
 from pls_perception.energy import EnergyMeter, profile_power_fn
 from pls_perception.engines import (ENGINE_NAMES, InferenceEngine, build_worker, make_engine,
                                    resolve_engine_name)
@@ -71,6 +72,7 @@ from pls_perception.weights import LoadedModel, load_model
 NODE_NAME = 'pls_perception_node'
 RECONFIGURE_REASON = 'reconfigure: deactivate+cleanup then configure'
 IMAGE_TRANSPORTS = ('raw', 'compressed')
+DVFS_EMULATIONS = ('stretch', 'profile')
 QOS_RELIABILITIES = ('best_effort', 'reliable')
 _DEVICE_PATTERN = re.compile(r'^(cpu|cuda(:\d+)?)$')
 # Parameters that change while frames flow; every other parameter is read at configure.
@@ -217,10 +219,12 @@ class FramePipeline:
         for _ in range(frames):
             self.engine.infer(batch)
 
-    def classify(self, rgb: np.ndarray) -> Classification:
+    def classify(self, rgb: np.ndarray,
+                 interrupt: threading.Event | None = None) -> Classification:
         """Preprocess, infer, stretch latency to the set frequency, rank the classes.
 
-        Energy covers inference plus emulated slow-down (the meter's window).
+        Energy covers inference plus emulated slow-down (the meter's window); ``interrupt`` set
+        (a new operating point) cuts the emulated slow-down short.
         """
         t0 = time.perf_counter()
         batch = self.loaded.preprocessing.to_tensor(rgb).numpy()
@@ -230,7 +234,7 @@ class FramePipeline:
             t1 = time.perf_counter()
             logits = self.engine.infer(batch)[0]
             compute_s = time.perf_counter() - t1
-            emulated_s = self.backend.emulate(compute_s)
+            emulated_s = self.backend.emulate(compute_s, self.engine.keep_ratio, interrupt)
         energy = readings[0] if readings else None
         shifted = logits.astype(np.float64) - logits.max()
         probs = np.exp(shifted) / np.exp(shifted).sum()
@@ -312,6 +316,8 @@ def validate_parameter(name: str, value: Any) -> str | None:
             f'frequency_mhz must be >= 0 MHz (0 = leave the processor alone), got {value!r}')
     if name == 'dvfs_backend':
         return _choice(value, BACKEND_NAMES)
+    if name == 'dvfs_emulation':
+        return _choice(value, DVFS_EMULATIONS)
     if name == 'engine':
         return _choice(value, ENGINE_NAMES)
     if name == 'image_transport':
@@ -344,12 +350,15 @@ class PerceptionNode(LifecycleNode):
         self._slot: Optional[NewestFrameSlot[tuple[Any, float]]] = None
         self._worker: Optional[threading.Thread] = None
         self._setpoint_lock = threading.Lock()
+        # Set when a new setpoint arrives; cuts the emulated slow-down of the frame in flight.
+        self._setpoint_changed = threading.Event()
         self._requested = Setpoint(1.0, 0.0)
         self._counters = FrameCounters()
         self._window: Optional[FrameWindow] = None
         self._budget_ms: Optional[float] = None
         self._info: dict[str, Any] = {}
         self._hardware_id = 'none'
+        self._emulation = 'none'  # how the simulated backend makes frames last (frame JSON)
         self._progress = ''  # what a running configure is doing, for /diagnostics
         super().__init__(node_name, **kwargs)
         self._guard_change_state_service()
@@ -416,6 +425,11 @@ class PerceptionNode(LifecycleNode):
             '/diagnostics)'))
         declare('dvfs_sysfs_root', '/', d(
             'root the DVFS backends find sys/ under (a container bind mount, or a test tree)'))
+        declare('dvfs_emulation', 'stretch', d(
+            "simulated backend only: 'stretch' (a frame's compute time x f_max / f) or 'profile' "
+            '(each frame takes the latency of energy_profile\'s device at the keep ratio and '
+            'frequency, when this host is faster: the device runs in real time, labelled '
+            "'emulating <device>')"))
         declare('energy_profile', '', d(
             'operating-point profile whose power model gives the modelled energy per frame '
             "(measured with zeus on a real backend when available); '' = the shipped Orin Nano "
@@ -487,6 +501,7 @@ class PerceptionNode(LifecycleNode):
                     self._requested,
                     keep_ratio=values.get('keep_ratio', self._requested.keep_ratio),
                     freq_mhz=values.get('frequency_mhz', self._requested.freq_mhz))
+                self._setpoint_changed.set()
             slot = self._slot
             if slot is not None:
                 slot.nudge()  # applied by the inference thread now, not at the next frame
@@ -565,7 +580,8 @@ class PerceptionNode(LifecycleNode):
         loaded.model.set_policy(policy)
         self._apply_bn_recalibration(loaded)
         backend = get_backend(self._param('dvfs_backend'),
-                              sysfs_root=self._param('dvfs_sysfs_root'), failover=True)
+                              sysfs_root=self._param('dvfs_sysfs_root'), failover=True,
+                              **self._emulation_options())
         try:
             meter = self._energy_meter(backend)
             # onnxruntime options (the torch engine ignores them): the first frame's ratio now,
@@ -597,7 +613,19 @@ class PerceptionNode(LifecycleNode):
         self._info = {'engine': engine.name, 'skip_policy': policy.name,
                       'weights': loaded.source}
         self._hardware_id = backend.name
+        self._emulation = 'none' if backend.is_real else getattr(
+            getattr(backend, 'wrapped', backend), 'emulation', 'stretch')
         return pipeline
+
+    def _emulation_options(self) -> dict[str, Any]:
+        """Simulated-backend options: emulate the device profile's latency when asked to."""
+        if self._param('dvfs_emulation') != 'profile':
+            return {}
+        spec = self._param('energy_profile')
+        profile = load_profile(default_profile_path() if spec in ('', 'none') else spec)
+        return {'frequencies_mhz': list(profile.frequencies_mhz),
+                'latency_model': profile_latency_model(profile),
+                'device_name': profile.device_name}
 
     def _energy_meter(self, backend: DvfsBackend) -> EnergyMeter | None:
         """Energy per frame from the profile's power model (zeus-measured when it can)."""
@@ -735,7 +763,9 @@ class PerceptionNode(LifecycleNode):
             pipeline = self._pipeline
             if pipeline is None:
                 return
-            setpoint = self._take_setpoint()  # the frame below runs at this pair
+            with self._setpoint_lock:  # the frame below runs at this pair
+                self._setpoint_changed.clear()
+                setpoint = self._requested
             try:
                 pipeline.apply(setpoint)
             except (BackendError, ValueError) as e:
@@ -753,7 +783,7 @@ class PerceptionNode(LifecycleNode):
                     f'dropped a malformed frame ({self._counters.rejected} so far): {e}',
                     throttle_duration_sec=WARN_THROTTLE_S)
                 return
-            result = pipeline.classify(rgb)
+            result = pipeline.classify(rgb, self._setpoint_changed)
         self._counters.processed += 1
         self._window.add(result.latency_ms, result.energy_mj)
         budget_ms = self._budget_ms
@@ -761,6 +791,7 @@ class PerceptionNode(LifecycleNode):
             self._counters.deadline_misses += 1
         info = {**self._info, 'dvfs_backend': pipeline.backend.name,
                 'dvfs_real': bool(pipeline.backend.is_real),
+                'dvfs_emulation': self._emulation,
                 'frequency_requested_mhz': setpoint.freq_mhz,
                 'queue_ms': round(queue_ms, 3), 'frames': self._counters.as_dict()}
         publisher = self._classification_pub
@@ -797,6 +828,7 @@ class PerceptionNode(LifecycleNode):
                 'frequency_requested_mhz': f'{self._take_setpoint().freq_mhz:g}',
                 'dvfs_backend': backend.name,
                 'dvfs_kind': 'real' if backend.is_real else 'simulated',
+                'dvfs_emulation': self._emulation,
                 'engine': engine.name,
                 'skip_policy': self._info.get('skip_policy', ''),
                 'energy_source': pipeline.meter.source if pipeline.meter else 'none',

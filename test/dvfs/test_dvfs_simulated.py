@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -9,7 +10,10 @@ import pytest
 from fake_sysfs import make_devfreq_gpu, make_policy
 
 from pls_perception.dvfs import DvfsBackend, SimulatedBackend, get_backend, snap_frequency_mhz
-from pls_perception.dvfs.simulated import ORIN_NANO_CPU_FREQUENCIES_MHZ
+from pls_perception import paths
+from pls_perception.dvfs.simulated import (ORIN_NANO_CPU_FREQUENCIES_MHZ,
+                                           profile_latency_model)
+from pls_perception.profiles import load_profile
 
 
 def test_snap_frequency() -> None:
@@ -72,3 +76,32 @@ def test_auto_prefers_real_backends(tmp_path: Path) -> None:
 def test_unknown_backend_name() -> None:
     with pytest.raises(ValueError, match='unknown DVFS backend'):
         get_backend('turbo')
+
+
+def test_device_emulation_takes_the_profile_latency_at_ratio_and_frequency() -> None:
+    profile = load_profile(paths.config_dir() / 'profiles' / 'orin_nano_cpu.yaml')
+    slept: list[float] = []
+    backend = SimulatedBackend(profile.frequencies_mhz, sleep_fn=slept.append,
+                               latency_model=profile_latency_model(profile),
+                               device_name=profile.device_name)
+    assert 'emulating Jetson Orin Nano CPU' in backend.describe()
+    ri, fi = profile.ratio_index(0.5), profile.frequency_index(652.8)
+    backend.set_frequency_mhz(652.8)
+    assert backend.emulate(0.010, keep_ratio=0.5) == pytest.approx(
+        profile.latency_ms[ri, fi] / 1e3 - 0.010)
+    # between two profile ratios: linear in r
+    between = (profile.latency_ms[ri, fi] + profile.latency_ms[ri + 1, fi]) / 2
+    assert backend.emulated_s(0.0, keep_ratio=0.55) == pytest.approx(between / 1e3)
+    # a host slower than the device adds nothing
+    assert backend.emulate(10.0, keep_ratio=1.0) == 0.0
+    assert len(slept) == 1
+
+
+def test_a_new_operating_point_cuts_the_emulated_sleep_short() -> None:
+    backend = SimulatedBackend([100.0, 1000.0])
+    backend.set_frequency_mhz(100.0)             # 0.05 s of compute -> 0.45 s more
+    interrupt = threading.Event()
+    threading.Timer(0.05, interrupt.set).start()
+    slept = backend.emulate(0.05, interrupt=interrupt)
+    assert 0.04 <= slept < 0.45
+    assert backend.emulate(0.001, interrupt=threading.Event()) == pytest.approx(0.009, abs=0.05)
