@@ -44,6 +44,7 @@ from pls_perception import paths  # noqa: E402
 from pls_perception.datasets import load_cifar10  # noqa: E402
 from pls_perception.dvfs.simulated import ORIN_NANO_CPU_FREQUENCIES_MHZ  # noqa: E402
 from pls_perception.nodes.graph_probe import rss_mb  # noqa: E402
+from pls_perception.profiles import load_profile  # noqa: E402
 from pls_perception.nodes.perception_node import (  # noqa: E402
     RECONFIGURE_REASON, PerceptionNode)
 from pls_perception.weights import LoadedModel, load_model  # noqa: E402
@@ -514,6 +515,24 @@ def test_each_classification_reports_the_pair_its_frame_ran_at(
              for m in reported if (m['keep_ratio'], m['frequency_requested_mhz']) not in allowed
              or m['frequency_mhz'] != (m['frequency_requested_mhz'] or F_MAX_MHZ)]
     assert not mixed, f'{len(mixed)} of {len(reported)} report pairs never requested: {mixed[:5]}'
+
+
+def test_device_emulation_makes_each_frame_take_the_profile_latency(
+        harness: Callable[..., Harness], cifar: tuple) -> None:
+    images, _ = cifar
+    profile = load_profile(paths.config_dir() / 'profiles' / 'orin_nano_cpu.yaml')
+    h = harness(dvfs_emulation='profile')
+    h.start()
+    assert 'emulating Jetson Orin Nano CPU' in h.diagnostics()['dvfs_emulation']
+    for ratio, freq in ((1.0, 268.8), (0.5, 652.8)):
+        assert h.set_atomically(keep_ratio=ratio, frequency_mhz=freq).successful
+        m = h.classify(image_msg(images[0], 'rgb8'))
+        assert (m['keep_ratio'], m['frequency_mhz']) == (ratio, freq)
+        assert m['dvfs_emulation'].startswith('emulating') and m['dvfs_real'] is False
+        device_ms = profile.latency_ms[profile.ratio_index(ratio), profile.frequency_index(freq)]
+        # this host is faster than the device: the frame lasts as long as on the device
+        assert m['latency_ms'] == pytest.approx(max(m['compute_ms'], device_ms), rel=0.05)
+    assert not h.set(dvfs_emulation='warp')[0].successful
 
 
 def test_invalid_and_configure_time_parameters_are_rejected_with_reasons(
