@@ -548,7 +548,7 @@ class PerceptionNode(LifecycleNode):
         if any(self._param('input_size')):
             loaded = dataclasses.replace(loaded, preprocessing=dataclasses.replace(
                 loaded.preprocessing, input_size=tuple(self._param('input_size'))))
-        policy = load_policy(self._param('skip_policy'), loaded.sha256)
+        policy = load_policy(self._param('skip_policy'), loaded.sha256, loaded.model.depths)
         loaded.model.set_policy(policy)
         self._apply_bn_recalibration(loaded)
         backend = get_backend(self._param('dvfs_backend'),
