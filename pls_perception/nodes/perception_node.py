@@ -698,11 +698,13 @@ class PerceptionNode(LifecycleNode):
             return self._requested
 
     def _to_rgb(self, msg: Image | CompressedImage) -> np.ndarray:
+        """The frame reduced as it is converted to what the network needs (bounded cost)."""
         limit = self._param('max_image_pixels')
+        reduction = self._pipeline.loaded.preprocessing.reduction   # caller holds the lock
         if isinstance(msg, CompressedImage):
-            return compressed_to_rgb(msg.format, msg.data, max_pixels=limit)
+            return compressed_to_rgb(msg.format, msg.data, max_pixels=limit, reduction=reduction)
         return image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian,
-                            msg.data, max_pixels=limit)
+                            msg.data, max_pixels=limit, reduction=reduction)
 
     def _serve(self, slot: NewestFrameSlot[tuple[Any, float]]) -> None:
         """The inference thread: apply the requested operating point, classify the newest frame.
