@@ -324,9 +324,12 @@ def profile_from_dict(data: Any, where: str = '<dict>') -> OperatingPointProfile
     scale = data.get('power_scale')
     if scale is not None:
         scale = _section(data, 'power_scale', where)
+    power_spec = power.get('model')
+    if power_spec is not None and not isinstance(power_spec, dict):
+        raise ProfileError(f'{where}: power_w.model must be a mapping, got {_shown(power_spec)}')
     try:
-        power_model = (TwoZonePowerModel.from_dict(power['model'])
-                       if power.get('model') is not None else None)
+        power_model = (TwoZonePowerModel.from_dict(power_spec) if power_spec is not None
+                       else None)
         ref = data['reference_frequency_mhz']
         if isinstance(ref, bool) or not isinstance(ref, (int, float)):
             raise ProfileError(f'reference_frequency_mhz must be a number, got {_shown(ref)}')
@@ -345,7 +348,7 @@ def profile_from_dict(data: Any, where: str = '<dict>') -> OperatingPointProfile
     except ProfileError as e:
         raise ProfileError(f'{where}: {e}') from e
     except (ValueError, TypeError, OverflowError) as e:
-        raise ProfileError(f'{where}: {e}') from e
+        raise ProfileError(f'{where}: {clip(str(e), 300)}') from e
 
 
 def load_profile(path: str | Path) -> OperatingPointProfile:
