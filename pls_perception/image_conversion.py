@@ -42,8 +42,9 @@ import numpy as np
 from pls_perception.errors import ImageFormatError, clip
 
 # 4096 x 4096 (16.8 MP): above 4K UHD and 12 MP (4000x3000) cameras. The largest PNG accepted
-# then costs ~70-140 MB and well under a second to decode (bench/bench_frame_cost.py); raw and
-# JPEG frames cost far less, whatever their size.
+# then costs its decoded bitmap, 64 MB (twice that if it needs a colour conversion), and under a
+# second to decode on a busy 2-core machine (bench/bench_frame_cost.py); raw and JPEG frames
+# cost about 5 MB whatever their size.
 DEFAULT_MAX_PIXELS = 4096 * 4096
 # Box-filter factors (rows, columns) for a frame of (height, width).
 Reduction = Callable[[int, int], tuple[int, int]]
