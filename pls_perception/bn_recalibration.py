@@ -8,12 +8,16 @@ statistics) on N unlabelled training images, without any weight update, and stor
 `SkippableResNet`, which swaps them in whenever it runs that ratio.
 
 Estimation runs on a private deep copy of the model, so a live model keeps serving meanwhile.
-States can be saved to and loaded from a file so a node need not recalibrate at every start.
+States can be saved to and loaded from a file so a node need not recalibrate at every start; a
+loaded file is checked whole (structure, layer names, shapes, finite values, variances >= 0)
+before the model is touched, and any problem is one `WeightsError` naming the file.
 """
 from __future__ import annotations
 
 import copy
 import math
+import tarfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -22,8 +26,9 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm import tqdm
 
+from pls_perception import paths
 from pls_perception.datasets import load_cifar10
-from pls_perception.errors import WeightsError
+from pls_perception.errors import DatasetError, WeightsError, clip
 from pls_perception.preprocessing import Preprocessing
 from pls_perception.skipping import STAGE_NAMES, BnStats, Masks, Ratio, SkippableResNet
 
@@ -134,11 +139,18 @@ def recalibrate(model: SkippableResNet, images: torch.Tensor | np.ndarray,
 
 
 def calibration_images(n_images: int, tar_path: str | Path | None = None) -> np.ndarray:
-    """``n_images`` unlabelled CIFAR-10 training images, balanced over classes, deterministic."""
+    """``n_images`` unlabelled CIFAR-10 training images, balanced over classes, deterministic.
+
+    DatasetError naming the tarball if it is missing, damaged or not a CIFAR-10 layout.
+    """
     if n_images < 2:
         raise ValueError(f'need at least 2 calibration images, got {n_images!r}')
-    images, _, _ = load_cifar10(tar_path, split='train', per_class=math.ceil(n_images / 10),
-                                limit=n_images)
+    tar = Path(tar_path) if tar_path is not None else paths.cifar10_tar()
+    try:
+        images, _, _ = load_cifar10(tar, split='train', per_class=math.ceil(n_images / 10),
+                                    limit=n_images)
+    except (OSError, ValueError, EOFError, tarfile.TarError, zlib.error) as e:
+        raise DatasetError(f'calibration set {str(tar)!r}: {clip(str(e), 200)}') from e
     return images
 
 
@@ -149,20 +161,84 @@ def save_bn_states(model: SkippableResNet, path: str | Path) -> None:
 
 
 def load_bn_states(model: SkippableResNet, path: str | Path) -> int:
-    """Store the BatchNorm states of a `save_bn_states` file in ``model``; returns how many."""
+    """Store the BatchNorm states of a `save_bn_states` file in ``model``; returns how many.
+
+    The whole file is validated first: WeightsError naming the file and the problem, and the
+    model unchanged, for anything but a complete, fitting file.
+    """
     path = Path(path)
     try:
         data = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for damaged files
-        raise WeightsError(f'{path}: cannot read BatchNorm states: {type(e).__name__}: {e}') from e
-    if not isinstance(data, dict) or data.get('format') != FILE_FORMAT:
-        raise WeightsError(f'{path}: not a {FILE_FORMAT} file')
-    if tuple(data['depths']) != model.depths:
-        raise WeightsError(f'{path}: states are for depths {tuple(data["depths"])}, the model has '
-                           f'{model.depths}')
+        raise WeightsError(f'{path}: cannot read BatchNorm states: {type(e).__name__}: '
+                           f'{clip(str(e), 200)}') from e
     try:
-        for entry in data['states']:
-            model.store_bn_state(entry['masks'], entry['stats'])
+        states = _checked_states(data, model)
     except ValueError as e:
-        raise WeightsError(f'{path}: does not fit the model: {e}') from e
-    return len(data['states'])
+        raise WeightsError(f'{path}: not a valid {FILE_FORMAT} file for this model: {e}') from e
+    for masks, stats in states:
+        model.store_bn_state(masks, stats)
+    return len(states)
+
+
+def _checked_states(data: object, model: SkippableResNet
+                    ) -> list[tuple[Masks, dict[str, BnStats]]]:
+    """The (masks, stats) entries of a loaded file; ValueError saying what is wrong."""
+    if not isinstance(data, dict) or data.get('format') != FILE_FORMAT:
+        raise ValueError(f'not a mapping with format {FILE_FORMAT!r}')
+    missing = [k for k in ('depths', 'states') if k not in data]
+    if missing:
+        raise ValueError(f'missing keys {missing!r}')
+    depths = data['depths']
+    if (not isinstance(depths, (list, tuple))
+            or any(isinstance(n, bool) or not isinstance(n, int) for n in depths)):
+        raise ValueError(f'depths must be a list of integers, got {clip(repr(depths))}')
+    if tuple(depths) != model.depths:
+        raise ValueError(f'states are for depths {clip(repr(tuple(depths)))}, the model has '
+                         f'{model.depths}')
+    if not isinstance(data['states'], (list, tuple)):
+        raise ValueError(f'states must be a list, got {type(data["states"]).__name__}')
+    modules = model.bn_modules()
+    checked = []
+    for i, entry in enumerate(data['states']):
+        if not isinstance(entry, dict) or not {'masks', 'stats'} <= set(entry):
+            raise ValueError(f'states[{i}] must be a mapping with masks and stats, got '
+                             f'{clip(repr(entry))}')
+        checked.append((_checked_masks(entry['masks'], model.depths, i),
+                        _checked_stats(entry['stats'], modules, i)))
+    return checked
+
+
+def _checked_masks(masks: object, depths: tuple[int, ...], i: int) -> Masks:
+    if (not isinstance(masks, (list, tuple)) or len(masks) != len(depths)
+            or any(not isinstance(stage, (list, tuple)) or len(stage) != n
+                   or not all(isinstance(b, bool) for b in stage)
+                   for stage, n in zip(masks, depths))):
+        raise ValueError(f'states[{i}].masks must be one list of booleans per stage, of '
+                         f'lengths {depths}, got {clip(repr(masks))}')
+    return tuple(tuple(stage) for stage in masks)
+
+
+def _checked_stats(stats: object, modules: dict[str, _BatchNorm], i: int) -> dict[str, BnStats]:
+    if not isinstance(stats, dict):
+        raise ValueError(f'states[{i}].stats must be a mapping of layer -> (mean, var), got '
+                         f'{type(stats).__name__}')
+    checked: dict[str, BnStats] = {}
+    for name, pair in stats.items():
+        where = f'states[{i}].stats[{clip(repr(name))}]'
+        if not isinstance(name, str) or name not in modules:
+            raise ValueError(f'{where}: the model has no BatchNorm layer of that name')
+        expected = tuple(modules[name].running_mean.shape)
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+                or not all(isinstance(t, torch.Tensor) and t.layout == torch.strided
+                           and t.is_floating_point() and t.device.type == 'cpu'
+                           and tuple(t.shape) == expected for t in pair)):
+            raise ValueError(f'{where} must be (mean, var), two float tensors of shape '
+                             f'{expected}')
+        dtype = modules[name].running_mean.dtype
+        mean, var = (t.to(dtype) for t in pair)
+        finite = bool(torch.isfinite(mean).all()) and bool(torch.isfinite(var).all())
+        if not finite or bool((var < 0).any()):
+            raise ValueError(f'{where}: statistics must be finite, variances >= 0')
+        checked[name] = (mean, var)
+    return checked

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from pls_perception import paths
+from pls_perception.image_conversion import DEFAULT_MAX_PIXELS
 
 CIFAR10_CLASSES: tuple[str, ...] = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
                                     'frog', 'horse', 'ship', 'truck')
@@ -22,16 +23,21 @@ SPLITS = ('train', 'test')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 
 Dataset = tuple[np.ndarray, np.ndarray, list[str]]
+# Checked before reading or decoding: a tar member or image header may claim gigabytes.
+MAX_IMAGE_BYTES = 64 * 2**20
 
 
 def _decode(data: bytes, name: str, size: tuple[int, int] | None = None) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > DEFAULT_MAX_PIXELS:
+                raise ValueError(f'{image.width}x{image.height} pixels, more than '
+                                 f'{DEFAULT_MAX_PIXELS}')
             image = image.convert('RGB')
             if size is not None and image.size != (size[1], size[0]):
                 image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f'{name}: cannot decode image: {e}') from e
 
 
@@ -89,6 +95,9 @@ def load_cifar10(tar_path: str | Path | None = None, split: str = 'test', limit:
             if parts[-2] not in class_index:
                 raise ValueError(f'{path}: member {member.name!r} is not in a CIFAR-10 class '
                                  f'folder {CIFAR10_CLASSES}')
+            if member.size > MAX_IMAGE_BYTES:
+                raise ValueError(f'{path}: member {member.name!r} has {member.size} bytes, '
+                                 f'more than an image may ({MAX_IMAGE_BYTES})')
             data[member.name] = archive.extractfile(member).read()
             items.append((class_index[parts[-2]], member.name))
     if not items:

@@ -32,3 +32,23 @@ class PermissionDenied(BackendError):
 
 class NotSupported(BackendError):
     """The backend does not exist on this machine."""
+
+
+class DatasetError(PlsError):
+    """A dataset or calibration set (tarball, image folder) is missing or malformed."""
+
+
+# Untrusted strings (an encoding, a format, a value read from a file) in an error message are
+# cut to this many characters, so a hostile or broken input cannot flood the log.
+CLIP_CHARS = 80
+
+
+def clip(text: str, limit: int = CLIP_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how many were left out.
+
+    For untrusted text in error messages; pass ``repr(value)`` when the value may hold line
+    breaks, so the message stays one line.
+    """
+    if len(text) <= limit:
+        return text
+    return f'{text[:limit]}... ({len(text) - limit} more characters)'

@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from pls_perception.errors import ProfileError
+from pls_perception.errors import ProfileError, clip
+from pls_perception.file_inputs import load_json, read_text
 from pls_perception.profiles import PROPORTIONAL, OperatingPointProfile, SkipPolicyInfo
 from pls_perception.skip_plans import SkipPlan
 from pls_perception.skipping import ProportionalPolicy
@@ -83,16 +84,13 @@ class AccuracyTable:
 
 def _read(path: Path) -> tuple[dict[str, Any], list[Any]]:
     """(metadata, rows) of a table in any of the accepted formats."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ProfileError(f'cannot read accuracy table {str(path)!r}: {e}') from e
     if path.suffix.lower() == '.csv':
-        return {}, list(csv.DictReader(io.StringIO(text)))
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ProfileError(f'{path}: not valid JSON: {e}') from e
+        text = read_text(path, 'accuracy table', ProfileError)
+        try:
+            return {}, list(csv.DictReader(io.StringIO(text)))
+        except csv.Error as e:
+            raise ProfileError(f'accuracy table {str(path)!r} is not valid CSV: {e}') from e
+    data = load_json(path, 'accuracy table', ProfileError)
     if isinstance(data, list):
         return {}, data
     if isinstance(data, dict) and isinstance(data.get('accuracy'), dict):
@@ -111,11 +109,18 @@ def _truthy(value: Any) -> bool:
 
 
 def _number(value: Any) -> float | None:
-    """A float from a number or numeric string; None for blanks, None and per-stage labels."""
+    """A float from a number or numeric string; None for blanks, None and per-stage labels.
+
+    ValueError for anything else, infinities and NaN included."""
     if value is None or isinstance(value, bool) or (isinstance(value, str) and (
             not value.strip() or '/' in value)):
         return None
-    return float(value)
+    if not isinstance(value, (int, float, str)):
+        raise ValueError(f'expected a number, got {clip(repr(value))}')
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f'expected a finite number, got {clip(repr(value))}')
+    return number
 
 
 def _blocks(value: Any) -> tuple[int, ...] | None:
@@ -138,17 +143,30 @@ def load_accuracy_table(path: str | Path, plan: SkipPlan | None = None,
         raise ValueError(f'a plan must come with its policy info, got {policy!r}')
     meta, rows = _read(path)
     where = str(path)
+    try:
+        return _table(where, meta, rows, plan, policy, weights_sha256)
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:
+        raise ProfileError(f'{where}: {clip(str(e), 200)}') from e
+
+
+def _table(where: str, meta: dict[str, Any], rows: list[Any], plan: SkipPlan | None,
+           policy: SkipPolicyInfo, weights_sha256: str | None) -> AccuracyTable:
+    """The body of :func:`load_accuracy_table` (may raise ValueError/TypeError on bad rows)."""
     table_sha = meta.get('weights_sha256') or meta.get('sha256')
     for what, sha in (('the model', weights_sha256),
                       (f'plan {policy.name}', plan.weights_sha256 if plan else None)):
         if table_sha and sha and table_sha != sha:
-            raise ProfileError(f'{where} was measured on weights with sha256 {table_sha}, but '
-                               f'{what} is for {sha}')
-    declared = SkipPolicyInfo.from_dict(meta.get('skip_policy'))
+            raise ProfileError(f'{where} was measured on weights with sha256 '
+                               f'{clip(str(table_sha))}, but {what} is for {sha}')
+    try:
+        declared = SkipPolicyInfo.from_dict(meta.get('skip_policy'))
+    except ProfileError as e:
+        raise ProfileError(f'{where}: {e}') from e
     parsed = []
     for row in rows:
         if not isinstance(row, dict) or 'accuracy' not in row:
-            raise ProfileError(f'{where}: rows must be mappings with an accuracy, got {row!r}')
+            raise ProfileError(
+                f'{where}: rows must be mappings with an accuracy, got {clip(repr(row))}')
         accuracy = _number(row['accuracy'])
         if accuracy is None or _truthy(row.get('bn_recalibration', False)):
             continue
@@ -185,8 +203,8 @@ def _check_plan_meta(where: str, meta: dict[str, Any], declared: SkipPolicyInfo,
                 'plan_cost': plan.cost}
     for key, value in recorded.items():
         if value is not None and value != expected[key]:
-            raise ProfileError(f'{where} was made with another skip plan ({key} {value!r}), not '
-                               f'{policy.name} ({expected[key]!r})')
+            raise ProfileError(f'{where} was made with another skip plan ({key} '
+                               f'{clip(repr(value))}), not {policy.name} ({expected[key]!r})')
 
 
 def _removed(where: str, row: dict[str, Any], plan: SkipPlan, policy: SkipPolicyInfo,

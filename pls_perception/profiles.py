@@ -48,7 +48,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pls_perception.errors import ProfileError
+from pls_perception.errors import ProfileError, clip
+from pls_perception.file_inputs import load_yaml
 from pls_perception.paths import config_dir
 from pls_perception.power_model import TwoZonePowerModel
 
@@ -58,6 +59,11 @@ DEVICE_KINDS: tuple[str, ...] = ('cpu', 'gpu')
 SCALING_RULE = 't(r,f) = t(r,f_ref) * f_ref / f'
 PROPORTIONAL_POLICY = 'proportional'
 _HEX = frozenset('0123456789abcdef')
+
+
+def _shown(value: Any) -> str:
+    """A value from a profile as an error message shows it (clipped: files can be huge)."""
+    return clip(repr(value))
 
 
 def _is_sha256(value: Any) -> bool:
@@ -88,15 +94,16 @@ class SkipPolicyInfo:
         if not isinstance(self.name, str) or not self.name.startswith('plan:') \
                 or len(self.name) == len('plan:'):
             raise ProfileError(f"skip_policy name must be {PROPORTIONAL_POLICY!r} or "
-                               f"'plan:<name>', got {self.name!r}")
+                               f"'plan:<name>', got {_shown(self.name)}")
         if not _is_sha256(self.plan_fingerprint):
             raise ProfileError(f'skip_policy plan_fingerprint must be 64 lowercase hex digits, '
-                               f'got {self.plan_fingerprint!r}')
+                               f'got {_shown(self.plan_fingerprint)}')
         if self.weights_sha256 is not None and not _is_sha256(self.weights_sha256):
             raise ProfileError(f'skip_policy weights_sha256 must be 64 lowercase hex digits, '
-                               f'got {self.weights_sha256!r}')
+                               f'got {_shown(self.weights_sha256)}')
         if self.plan_file is not None and not isinstance(self.plan_file, str):
-            raise ProfileError(f'skip_policy plan_file must be a string, got {self.plan_file!r}')
+            raise ProfileError(
+                f'skip_policy plan_file must be a string, got {_shown(self.plan_file)}')
 
     @property
     def is_proportional(self) -> bool:
@@ -115,10 +122,10 @@ class SkipPolicyInfo:
         if not isinstance(value, dict):
             raise ProfileError(f"skip_policy must be {PROPORTIONAL_POLICY!r} or a mapping "
                                f"{{name: 'plan:<name>', plan_fingerprint, weights_sha256, "
-                               f"plan_file}}, got {value!r}")
+                               f"plan_file}}, got {_shown(value)}")
         unknown = sorted(set(value) - {'name', 'plan_fingerprint', 'weights_sha256', 'plan_file'})
         if unknown:
-            raise ProfileError(f'skip_policy has unknown keys {unknown!r}')
+            raise ProfileError(f'skip_policy has unknown keys {_shown(unknown)}')
         return cls(**value)
 
 
@@ -162,23 +169,24 @@ class OperatingPointProfile:
             'power_scale', self.power_scale, 1, (r,))
         if self.device_kind not in DEVICE_KINDS:
             raise ProfileError(f'device kind must be one of {DEVICE_KINDS}, '
-                               f'got {self.device_kind!r}')
+                               f'got {_shown(self.device_kind)}')
         if r == 0 or f == 0:
             raise ProfileError(f'need at least one ratio and one frequency, got {r} and {f}')
         if np.any(ratios <= 0) or np.any(ratios > 1) or np.any(np.diff(ratios) <= 0):
             raise ProfileError(f'ratios must be strictly increasing in (0, 1], '
-                               f'got {ratios.tolist()!r}')
+                               f'got {_shown(ratios.tolist())}')
         if np.any(freqs <= 0) or np.any(np.diff(freqs) <= 0):
             raise ProfileError(f'frequencies_mhz must be strictly increasing and positive, '
-                               f'got {freqs.tolist()!r}')
+                               f'got {_shown(freqs.tolist())}')
         if np.any(accuracy < 0) or np.any(accuracy > 1):
-            raise ProfileError(f'accuracy must be fractions in [0, 1], got {accuracy.tolist()!r}')
+            raise ProfileError(
+                f'accuracy must be fractions in [0, 1], got {_shown(accuracy.tolist())}')
         for name, arr in (('latency_ms', latency), ('power_w', power), ('power_scale', scale)):
             if np.any(arr <= 0):
-                raise ProfileError(f'{name} must be positive, got {arr.tolist()!r}')
+                raise ProfileError(f'{name} must be positive, got {_shown(arr.tolist())}')
         if not np.any(np.isclose(freqs, self.reference_frequency_mhz)):
             raise ProfileError(f'reference_frequency_mhz must be one of frequencies_mhz, '
-                               f'got {self.reference_frequency_mhz!r}')
+                               f'got {_shown(self.reference_frequency_mhz)}')
         shapes = {'accuracy': (r,), 'latency_ms': (r, f), 'power_w': (f,), 'power_scale': (r,)}
         sources = {}
         for name, shape in shapes.items():
@@ -189,13 +197,15 @@ class OperatingPointProfile:
             arr.setflags(write=False)
             set_(self, name, arr)
         if not isinstance(self.skip_policy, SkipPolicyInfo):
-            raise ProfileError(f'skip_policy must be a SkipPolicyInfo, got {self.skip_policy!r}')
+            raise ProfileError(
+                f'skip_policy must be a SkipPolicyInfo, got {_shown(self.skip_policy)}')
         weights = self.model.get('sha256')
         if (self.skip_policy.weights_sha256 is not None and weights is not None
                 and weights != self.skip_policy.weights_sha256):
             raise ProfileError(
-                f'skip_policy {self.skip_policy.name!r} was learned on weights with sha256 '
-                f'{self.skip_policy.weights_sha256!r}, but the profile is for weights {weights!r}')
+                f'skip_policy {_shown(self.skip_policy.name)} was learned on weights with sha256 '
+                f'{_shown(self.skip_policy.weights_sha256)}, but the profile is for weights '
+                f'{_shown(weights)}')
         set_(self, 'sources', sources)
         set_(self, 'notes', tuple(self.notes))
         energy = scale[:, None] * power[None, :] * latency
@@ -259,13 +269,13 @@ def _floats(arr: np.ndarray) -> list[float]:
 def _array(name: str, value: Any, ndim: int, shape: tuple[int, ...] | None = None) -> np.ndarray:
     try:
         arr = np.array(value, dtype=float)
-    except (TypeError, ValueError) as e:
-        raise ProfileError(f'{name} must be numeric, got {value!r}') from e
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ProfileError(f'{name} must be numeric, got {_shown(value)}') from e
     if arr.ndim != ndim or (shape is not None and arr.shape != shape):
         want = shape if shape is not None else f'{ndim}-D'
         raise ProfileError(f'{name} must have shape {want}, got {arr.shape}')
     if not np.all(np.isfinite(arr)):
-        raise ProfileError(f'{name} must be finite, got {arr.tolist()!r}')
+        raise ProfileError(f'{name} must be finite, got {_shown(arr.tolist())}')
     return arr
 
 
@@ -279,7 +289,7 @@ def _sources(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
         raise ProfileError(f'{name} source must be one string or shape {shape}, got {arr.shape}')
     bad = sorted({str(v) for v in arr.ravel() if v not in SOURCES})
     if bad:
-        raise ProfileError(f'{name} source must be one of {SOURCES}, got {bad!r}')
+        raise ProfileError(f'{name} source must be one of {SOURCES}, got {_shown(bad)}')
     arr = arr.astype(str)
     arr.setflags(write=False)
     return arr
@@ -289,7 +299,7 @@ def _section(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     value = data.get(key)
     if not isinstance(value, dict) or 'values' not in value:
         raise ProfileError(f'{where}: {key!r} must be a mapping with values and source, '
-                           f'got {value!r}')
+                           f'got {_shown(value)}')
     return value
 
 
@@ -299,26 +309,30 @@ def profile_from_dict(data: Any, where: str = '<dict>') -> OperatingPointProfile
         raise ProfileError(f'{where}: a profile must be a YAML mapping, got {type(data).__name__}')
     if data.get('schema_version') != SCHEMA_VERSION:
         raise ProfileError(f'{where}: schema_version must be {SCHEMA_VERSION}, '
-                           f'got {data.get("schema_version")!r}')
+                           f'got {_shown(data.get("schema_version"))}')
     missing = [k for k in ('device', 'ratios', 'frequencies_mhz', 'reference_frequency_mhz',
                            'accuracy', 'latency_ms', 'power_w') if k not in data]
     if missing:
         raise ProfileError(f'{where}: missing required keys {missing!r}')
     device = data['device']
     if not isinstance(device, dict) or 'kind' not in device:
-        raise ProfileError(f'{where}: device must be a mapping with name and kind, got {device!r}')
+        raise ProfileError(
+            f'{where}: device must be a mapping with name and kind, got {_shown(device)}')
     accuracy = _section(data, 'accuracy', where)
     latency = _section(data, 'latency_ms', where)
     power = _section(data, 'power_w', where)
     scale = data.get('power_scale')
     if scale is not None:
         scale = _section(data, 'power_scale', where)
+    power_spec = power.get('model')
+    if power_spec is not None and not isinstance(power_spec, dict):
+        raise ProfileError(f'{where}: power_w.model must be a mapping, got {_shown(power_spec)}')
     try:
-        power_model = (TwoZonePowerModel.from_dict(power['model'])
-                       if power.get('model') is not None else None)
+        power_model = (TwoZonePowerModel.from_dict(power_spec) if power_spec is not None
+                       else None)
         ref = data['reference_frequency_mhz']
         if isinstance(ref, bool) or not isinstance(ref, (int, float)):
-            raise ProfileError(f'reference_frequency_mhz must be a number, got {ref!r}')
+            raise ProfileError(f'reference_frequency_mhz must be a number, got {_shown(ref)}')
         return OperatingPointProfile(
             device_name=str(device.get('name', 'unnamed')), device_kind=device['kind'],
             ratios=data['ratios'], frequencies_mhz=data['frequencies_mhz'],
@@ -333,24 +347,14 @@ def profile_from_dict(data: Any, where: str = '<dict>') -> OperatingPointProfile
             skip_policy=SkipPolicyInfo.from_dict(data.get('skip_policy')))
     except ProfileError as e:
         raise ProfileError(f'{where}: {e}') from e
-    except (ValueError, TypeError) as e:
-        raise ProfileError(f'{where}: {e}') from e
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ProfileError(f'{where}: {clip(str(e), 300)}') from e
 
 
 def load_profile(path: str | Path) -> OperatingPointProfile:
     """Read and validate a profile YAML; ProfileError on any problem (missing file included)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ProfileError(f'cannot read profile {str(path)!r}: {e.strerror or e}') from e
-    except UnicodeDecodeError as e:
-        raise ProfileError(f'{path}: not UTF-8 text: {e}') from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ProfileError(f'{path}: not valid YAML: {e}') from e
-    return profile_from_dict(data, where=str(path))
+    return profile_from_dict(load_yaml(path, 'profile', ProfileError), where=str(path))
 
 
 def resolve_profile_path(name_or_path: str | Path) -> Path:

@@ -13,7 +13,9 @@ one-shot (each block alone) or greedily (the cheapest next block given those alr
 the KL divergence of the logits from the full network (no labels needed) or the accuracy drop as
 the cost. The search caches every block's input for the current removal set, so scoring a candidate
 runs only the blocks downstream of it. Plans are stored as YAML with the weights' sha256, the
-method and the calibration size, and validated when loaded.
+method and the calibration size, and validated when loaded: types, nesting, finite numbers and
+the block count are checked (against the model's depths when given) before anything is built
+from the file's numbers, so one absurd depth costs an error message, not the machine's memory.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ from torch import nn
 from tqdm import tqdm
 
 from pls_perception.complexity import count_macs
-from pls_perception.errors import ProfileError
+from pls_perception.errors import ProfileError, clip
+from pls_perception.file_inputs import load_yaml
 from pls_perception.profiles import PROPORTIONAL, SkipPolicyInfo
 from pls_perception.skipping import ProportionalPolicy, SkippableResNet, SkipPolicy
 
@@ -78,34 +81,45 @@ class SkipPlan:
 
     def __post_init__(self) -> None:
         depths = tuple(self.depths)
-        if not depths or any(not isinstance(n, int) or n < 1 for n in depths):
-            raise ValueError(f'depths must be positive integers, got {self.depths!r}')
+        if not depths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                             for n in depths):
+            raise ValueError(f'depths must be positive integers, got {_shown(self.depths)}')
         order = tuple((int(s), int(b)) for s, b in self.order)
+        # Before anything of the depths' size is built: the order lists every block once.
+        removable = sum(n - 1 for n in depths)
+        if len(order) != removable:
+            raise ValueError(
+                f'the plan order must list every removable block of depths {_shown(depths)} '
+                f'exactly once ({removable} blocks; block 0 of a stage is not removable), got '
+                f'{len(order)} entries')
         expected = set(removable_blocks(depths))
         if len(set(order)) != len(order):
-            raise ValueError(f'a block appears twice in the plan order, got {order!r}')
+            raise ValueError(f'a block appears twice in the plan order, got {_shown(order)}')
         if set(order) != expected:
             missing = sorted(expected - set(order))
             extra = sorted(set(order) - expected)
             raise ValueError(
                 f'the plan order must list every removable block of depths {depths} exactly once '
-                f'(block 0 of a stage is not removable); missing {missing!r}, extra {extra!r}')
+                f'(block 0 of a stage is not removable); missing {_shown(missing)}, extra '
+                f'{_shown(extra)}')
         if len(self.block_macs) != len(order) or any(m <= 0 for m in self.block_macs):
-            raise ValueError(
-                f'block_macs must hold one positive count per plan entry, got {self.block_macs!r}')
+            raise ValueError(f'block_macs must hold one positive count per plan entry, got '
+                             f'{_shown(self.block_macs)}')
         if len(self.costs) != len(order) or not all(math.isfinite(c) for c in self.costs):
             raise ValueError(
-                f'costs must hold one finite value per plan entry, got {self.costs!r}')
+                f'costs must hold one finite value per plan entry, got {_shown(self.costs)}')
         if self.method not in METHODS:
-            raise ValueError(f'method must be one of {METHODS}, got {self.method!r}')
+            raise ValueError(f'method must be one of {METHODS}, got {_shown(self.method)}')
         if self.cost not in COSTS:
-            raise ValueError(f'cost must be one of {COSTS}, got {self.cost!r}')
+            raise ValueError(f'cost must be one of {COSTS}, got {_shown(self.cost)}')
         if self.calibration_size < 1:
             raise ValueError(f'calibration_size must be >= 1, got {self.calibration_size!r}')
         sha = self.weights_sha256
         if sha is not None and (not isinstance(sha, str) or len(sha) != 64
                                 or any(c not in '0123456789abcdef' for c in sha)):
-            raise ValueError(f'weights_sha256 must be 64 lowercase hex digits, got {sha!r}')
+            raise ValueError(f'weights_sha256 must be 64 lowercase hex digits, got {_shown(sha)}')
+        if len(self.input_size) != 2 or min(self.input_size) < 1:
+            raise ValueError(f'input_size must be (H, W) > 0, got {_shown(self.input_size)}')
         object.__setattr__(self, 'depths', depths)
         object.__setattr__(self, 'order', order)
         object.__setattr__(self, 'block_macs', tuple(int(m) for m in self.block_macs))
@@ -213,34 +227,79 @@ class SkipPlan:
         }
 
     @classmethod
-    def from_dict(cls, doc: Any) -> SkipPlan:
-        """Parse and validate a YAML document; ValueError/KeyError/TypeError on bad content."""
+    def from_dict(cls, doc: Any, depths: Sequence[int] | None = None) -> SkipPlan:
+        """Parse and validate a YAML document; ValueError naming the field on bad content.
+
+        With ``depths`` (the model's) the plan must be for exactly those depths. Types, nesting
+        and the block count are checked before any allocation that depends on the numbers.
+        """
         if not isinstance(doc, dict):
             raise ValueError(f'a plan must be a mapping, got {type(doc).__name__}')
         if doc.get('format') != PLAN_FORMAT or doc.get('version') != PLAN_VERSION:
             raise ValueError(f'expected format {PLAN_FORMAT!r} version {PLAN_VERSION}, got '
-                             f'{doc.get("format")!r} version {doc.get("version")!r}')
-        entries = doc['removal_order']
-        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            raise ValueError(f'removal_order must be a list of mappings, got {entries!r}')
+                             f'{_shown(doc.get("format"))} version {_shown(doc.get("version"))}')
+        missing = [k for k in _REQUIRED_KEYS if k not in doc]
+        if missing:
+            raise ValueError(f'missing required keys {missing!r}')
+        plan_depths = tuple(_int(n, 'depths') for n in _list(doc['depths'], 'depths'))
+        if depths is not None and plan_depths != tuple(depths):
+            raise ValueError(f'the plan is for depths {_shown(plan_depths)}, the model has '
+                             f'{tuple(depths)}')
+        entries = _list(doc['removal_order'], 'removal_order')
+        for entry in entries:
+            if not isinstance(entry, dict) or not _ENTRY_KEYS <= set(entry):
+                raise ValueError(f'removal_order entries must be mappings with '
+                                 f'{sorted(_ENTRY_KEYS)}, got {_shown(entry)}')
         return cls(
-            depths=tuple(_int(n, 'depths') for n in doc['depths']),
+            depths=plan_depths,
             order=tuple((_int(e['stage'], 'stage'), _int(e['block'], 'block')) for e in entries),
             block_macs=tuple(_int(e['macs'], 'macs') for e in entries),
-            costs=tuple(float(e['cost']) for e in entries),
-            method=str(doc['method']),
-            cost=str(doc['cost']),
+            costs=tuple(_real(e['cost'], 'cost') for e in entries),
+            method=_str(doc['method'], 'method'),
+            cost=_str(doc['cost'], 'cost'),
             calibration_size=_int(doc['calibration_size'], 'calibration_size'),
             weights_sha256=doc['weights_sha256'],
             bn_recalibration=bool(doc.get('bn_recalibration', False)),
-            arch=str(doc.get('arch', 'resnet152')),
-            input_size=tuple(_int(v, 'input_size') for v in doc.get('input_size', (32, 32))),
+            arch=_str(doc.get('arch', 'resnet152'), 'arch'),
+            input_size=tuple(_int(v, 'input_size')
+                             for v in _list(doc.get('input_size', [32, 32]), 'input_size')),
         )
+
+
+_REQUIRED_KEYS = ('depths', 'removal_order', 'method', 'cost', 'calibration_size',
+                  'weights_sha256')
+_ENTRY_KEYS = frozenset(('stage', 'block', 'macs', 'cost'))
+
+
+def _shown(value: Any) -> str:
+    """A value from a plan file as an error message shows it (clipped: files can be huge)."""
+    return clip(repr(value))
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f'{what} must be a list, got {_shown(value)}')
+    return value
 
 
 def _int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f'{what} must be an integer, got {value!r}')
+        raise ValueError(f'{what} must be an integer, got {_shown(value)}')
+    return value
+
+
+def _real(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f'{what} must be a number, got {_shown(value)}')
+    try:
+        return float(value)
+    except OverflowError as e:
+        raise ValueError(f'{what} must be finite, got {_shown(value)}') from e
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f'{what} must be a string, got {_shown(value)}')
     return value
 
 
@@ -263,22 +322,17 @@ def save_plan(plan: SkipPlan, path: str | Path) -> None:
     path.write_text(header + document, encoding='utf-8')
 
 
-def load_plan(path: str | Path, weights_sha256: str | None = None) -> SkipPlan:
+def load_plan(path: str | Path, weights_sha256: str | None = None,
+              depths: Sequence[int] | None = None) -> SkipPlan:
     """Read and validate a plan; ProfileError names the file and the problem.
 
-    With ``weights_sha256`` the plan must have been learned on exactly those weights.
+    With ``weights_sha256`` the plan must have been learned on exactly those weights, with
+    ``depths`` (the model's) it must be for a model of exactly those depths.
     """
     path = Path(path)
+    doc = load_yaml(path, 'skip plan', ProfileError)
     try:
-        doc = yaml.safe_load(path.read_text(encoding='utf-8'))
-    except OSError as e:
-        raise ProfileError(f'cannot read skip plan {str(path)!r}: {e}') from e
-    except yaml.YAMLError as e:
-        raise ProfileError(f'skip plan {str(path)!r} is not valid YAML: {e}') from e
-    try:
-        plan = SkipPlan.from_dict(doc)
-    except KeyError as e:
-        raise ProfileError(f'skip plan {str(path)!r} lacks the key {e.args[0]!r}') from e
+        plan = SkipPlan.from_dict(doc, depths)
     except (ValueError, TypeError) as e:
         raise ProfileError(f'skip plan {str(path)!r} is invalid: {e}') from e
     if weights_sha256 is not None and plan.weights_sha256 != weights_sha256:
@@ -307,16 +361,17 @@ class PlanPolicy(SkipPolicy):
         return cached
 
 
-def load_policy(spec: str, weights_sha256: str | None = None) -> SkipPolicy:
+def load_policy(spec: str, weights_sha256: str | None = None,
+                depths: Sequence[int] | None = None) -> SkipPolicy:
     """The policy a ``skip_policy`` parameter names: 'proportional' or a plan file path.
 
-    A plan must match ``weights_sha256`` when that is given (None skips the check, e.g. random
-    weights). Raises ProfileError for a bad or mismatched plan file.
+    A plan must match ``weights_sha256`` and the model's ``depths`` when those are given (None
+    skips the check, e.g. random weights). Raises ProfileError for a bad or mismatched plan file.
     """
     if spec == 'proportional':
         return ProportionalPolicy()
     path = Path(spec)
-    return PlanPolicy(load_plan(path, weights_sha256), name=plan_name(path))
+    return PlanPolicy(load_plan(path, weights_sha256, depths), name=plan_name(path))
 
 
 def plan_name(path: str | Path) -> str:
@@ -324,13 +379,13 @@ def plan_name(path: str | Path) -> str:
     return f'plan:{Path(path).stem}'
 
 
-def policy_info(spec: str, weights_sha256: str | None = None
-                ) -> tuple[SkipPolicyInfo, SkipPlan | None]:
+def policy_info(spec: str, weights_sha256: str | None = None,
+                depths: Sequence[int] | None = None) -> tuple[SkipPolicyInfo, SkipPlan | None]:
     """A ``skip_policy`` spec ('proportional' or a plan file) as a profile records it, and the
     plan (None for PLS); the plan is validated as by :func:`load_policy`."""
     if spec == 'proportional':
         return PROPORTIONAL, None
-    plan = load_plan(spec, weights_sha256)
+    plan = load_plan(spec, weights_sha256, depths)
     return plan.policy_info(plan_name(spec), str(spec)), plan
 
 

@@ -1,8 +1,11 @@
 """Model loading: a state_dict file, torchvision's ImageNet weights, or (on request) random ones.
 
 Every way a weights file can be wrong (missing, truncated, not a state_dict, wrong architecture
-or class count) ends in one `WeightsError` that names the file and the problem, so the node and
-the tools can report it in one line. Preprocessing and class names follow the weights.
+or class count, NaN or infinite values) ends in one `WeightsError` that names the file and the
+problem, so the node and the tools can report it in one line. The file's tensors are checked
+against the architecture built on the meta device (shapes only, nothing allocated) before the
+real network is built, so a header claiming a billion classes costs an error, not the memory.
+Preprocessing and class names follow the weights.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from torch import nn
 
 from pls_perception import paths
 from pls_perception.datasets import CIFAR10_CLASSES
-from pls_perception.errors import WeightsError
+from pls_perception.errors import WeightsError, clip
 from pls_perception.preprocessing import (CIFAR10_PREPROCESSING, IMAGENET_PREPROCESSING,
                                           Preprocessing, from_torchvision)
 from pls_perception.skipping import SkippableResNet
@@ -91,7 +94,23 @@ def _state_dict_from(obj: object, path: Path) -> dict[str, torch.Tensor]:
                        for k, v in obj.items())):
         raise WeightsError(f'{path}: not a state_dict (a dict of name -> tensor), got '
                            f'{type(obj).__name__}')
+    for name, tensor in obj.items():
+        if (tensor.layout != torch.strided or tensor.is_quantized or tensor.is_complex()
+                or tensor.device.type != 'cpu'):
+            raise WeightsError(f'{path}: tensor {clip(name)!r} is not a plain real CPU tensor '
+                               f'(layout {tensor.layout}, dtype {tensor.dtype}, device '
+                               f'{tensor.device.type})')
     return obj
+
+
+def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """NaN or infinite weights would publish NaN scores (not JSON); name the first tensor."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point():
+            bad = int(tensor.numel() - torch.isfinite(tensor).sum())
+            if bad:
+                raise WeightsError(f'{path}: tensor {name!r} holds {bad} NaN or infinite '
+                                   f'values of {tensor.numel()}')
 
 
 def _mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
@@ -100,7 +119,7 @@ def _mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
     unexpected = [k for k in state if k not in expected]
     shapes = [f'{k} {tuple(state[k].shape)} vs {tuple(v.shape)}' for k, v in expected.items()
               if k in state and state[k].shape != v.shape]
-    parts = [f'{label} ({len(keys)}): {", ".join(keys[:_SHOWN_KEYS])}'
+    parts = [f'{label} ({len(keys)}): {", ".join(clip(k) for k in keys[:_SHOWN_KEYS])}'
              + (' ...' if len(keys) > _SHOWN_KEYS else '')
              for label, keys in (('missing keys', missing), ('unexpected keys', unexpected),
                                  ('shape mismatches (file vs model)', shapes)) if keys]
@@ -120,18 +139,23 @@ def _load_file(path: Path, arch: str, num_classes: int | None) -> LoadedModel:
     state = _state_dict_from(obj, path)
     fc_weight = state.get('fc.weight')
     if fc_weight is None or fc_weight.dim() != 2:
+        first = [clip(k) for k in list(state)[:_SHOWN_KEYS]]
         raise WeightsError(f'{path}: no 2-D fc.weight tensor, so not a torchvision ResNet '
-                           f'state_dict (keys start {list(state)[:_SHOWN_KEYS]})')
+                           f'state_dict (keys start {first})')
     found = int(fc_weight.shape[0])
     if num_classes is not None and num_classes != found:
         raise WeightsError(f'{path}: the file has {found} classes (fc.weight), but '
                            f'num_classes={num_classes} was requested')
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    resnet = _build(arch, found)
-    problem = _mismatch(resnet, state)
+    if found < 1:
+        raise WeightsError(f'{path}: fc.weight has shape {tuple(fc_weight.shape)}: no classes')
+    with torch.device('meta'):       # shapes only: the real network is built once they fit
+        problem = _mismatch(_build(arch, found), state)
     if problem:
         raise WeightsError(f'{path}: does not match torchvision {arch}(num_classes={found}): '
                            f'{problem}')
+    _check_finite(state, path)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    resnet = _build(arch, found)
     resnet.load_state_dict(state)
     preprocessing, class_names = _conventions(found)
     return LoadedModel(_wrap(resnet, arch), preprocessing, class_names, str(path),

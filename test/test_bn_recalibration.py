@@ -203,3 +203,70 @@ def test_calibration_images_are_balanced_train_images() -> None:
     assert images.shape == (20, 32, 32, 3) and images.dtype == np.uint8
     with pytest.raises(ValueError, match='at least 2'):
         calibration_images(1)
+
+
+def _valid_bn_file(model: SkippableResNet) -> dict:
+    masks = model.masks_for(0.5)
+    bn = model.bn_modules()['layer2.0.bn1']
+    stats = {'layer2.0.bn1': (bn.running_mean + 0.1, bn.running_var * 2.0)}
+    return {'format': 'pls_perception.bn_states/1', 'depths': model.depths,
+            'states': [{'masks': masks, 'stats': stats}]}
+
+
+def _bad_stats(value: object) -> object:
+    def mutate(doc: dict) -> None:
+        doc['states'][0]['stats'] = value
+    return mutate
+
+
+def _bad_pair(make: object) -> object:
+    def mutate(doc: dict) -> None:
+        mean, var = doc['states'][0]['stats']['layer2.0.bn1']
+        doc['states'][0]['stats']['layer2.0.bn1'] = make(mean.clone(), var.clone())
+    return mutate
+
+
+def _set(tensor: torch.Tensor, value: float) -> torch.Tensor:
+    tensor[0] = value
+    return tensor
+
+
+@pytest.mark.parametrize('mutate, match', [
+    # The review's three files: KeyError 'depths', int depths, KeyError 'stats'.
+    (lambda d: d.pop('depths'), "missing keys \\['depths'\\]"),
+    (lambda d: d.update(depths=5), 'depths must be a list of integers'),
+    (lambda d: d['states'][0].pop('stats'), 'must be a mapping with masks and stats'),
+    (lambda d: d.update(states={'masks': 1}), 'states must be a list'),
+    (lambda d: d['states'].append(7), r'states\[1\] must be a mapping'),
+    (lambda d: d['states'][0].update(masks=[[True]] * 4), 'masks must be one list of booleans'),
+    (lambda d: d['states'][0].update(masks=[[1, 0]] * 4), 'masks must be one list of booleans'),
+    (_bad_stats([1, 2]), 'stats must be a mapping'),
+    (_bad_stats({'fc': (torch.zeros(1), torch.ones(1))}), 'no BatchNorm layer'),
+    (_bad_stats({'layer2.0.bn1': torch.zeros(128)}), r'must be \(mean, var\)'),
+    (_bad_pair(lambda m, v: (m[:3], v)), r'must be \(mean, var\)'),
+    (_bad_pair(lambda m, v: (m.long(), v)), r'must be \(mean, var\)'),
+    (_bad_pair(lambda m, v: (_set(m, float('nan')), v)), 'finite'),
+    (_bad_pair(lambda m, v: (m, _set(v, float('inf')))), 'finite'),
+    (_bad_pair(lambda m, v: (m, _set(v, -1.0))), 'variances >= 0'),
+])
+def test_bad_bn_files_are_one_weights_error_naming_the_file(
+        tmp_path: object, model: SkippableResNet, mutate: object, match: str) -> None:
+    doc = _valid_bn_file(model)
+    mutate(doc)
+    path = tmp_path / 'bn.pt'
+    torch.save(doc, path)
+    with pytest.raises(WeightsError, match=match) as info:
+        load_bn_states(model, path)
+    assert str(path) in str(info.value) and '\n' not in str(info.value)
+    assert model.bn_states() == {}            # nothing half-stored
+
+
+def test_valid_bn_file_in_another_dtype_is_converted(tmp_path: object,
+                                                     model: SkippableResNet) -> None:
+    doc = _valid_bn_file(model)
+    entry = doc['states'][0]
+    entry['stats'] = {k: (m.double(), v.double()) for k, (m, v) in entry['stats'].items()}
+    path = tmp_path / 'bn.pt'
+    torch.save(doc, path)
+    assert load_bn_states(model, path) == 1
+    assert model.bn_state_for(0.5)['layer2.0.bn1.running_mean'].dtype == torch.float32

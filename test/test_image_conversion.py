@@ -240,3 +240,69 @@ def test_compressed_size_limit_checked_before_decoding() -> None:
     png = _compress(_random_rgb(10, 10), 'PNG')
     with pytest.raises(ImageFormatError, match='too large'):
         compressed_to_rgb('png', png, max_pixels=99)
+
+
+def test_untrusted_strings_are_clipped_in_errors() -> None:
+    """A 1000-character encoding or format string once went whole into every log line."""
+    for call in (lambda: image_to_rgb('x' * 1000, 1, 1, 3, False, bytes(3)),
+                 lambda: compressed_to_rgb('y' * 1000, b'data'),
+                 lambda: compressed_to_rgb('png ' + 'z' * 1000, b'not a png')):
+        with pytest.raises(ImageFormatError, match='more characters') as info:
+            call()
+        assert len(str(info.value)) < 300
+
+
+# ------------------------------------------------------------------ reduction while converting
+def _block_means(values: np.ndarray, fy: int, fx: int, divisor: int = 1) -> np.ndarray:
+    """Reference: round(mean / divisor) of each block, remainder split evenly (float64)."""
+    h, w = values.shape[:2]
+    rows, cols = h // fy, w // fx
+    top, left = (h - rows * fy) // 2, (w - cols * fx) // 2
+    window = values[top:top + rows * fy, left:left + cols * fx].astype(np.float64)
+    means = window.reshape(rows, fy, cols, fx, -1).mean(axis=(1, 3)) / divisor
+    return np.floor(means + 0.5).astype(np.uint8)
+
+
+@pytest.mark.parametrize('encoding', SUPPORTED_ENCODINGS)
+@pytest.mark.parametrize('factors', [(1, 1), (2, 3), (5, 4), (7, 1)])
+def test_reduction_gives_exact_rounded_block_means(encoding: str,
+                                                   factors: tuple[int, int]) -> None:
+    rgb = _random_rgb(23, 29, seed=3)
+    data, step = _encode(rgb, encoding, padding=3)
+    out = image_to_rgb(encoding, 23, 29, step, False, data, reduction=lambda h, w: factors)
+    # 16-bit frames store v * 257: the block mean / 257 is the 8-bit block mean, exactly.
+    expected = _block_means(_expected(rgb, encoding), *factors)
+    assert out.shape == (23 // factors[0], 29 // factors[1], 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_sixteen_bit_reduction_rounds_the_mean_of_raw_values() -> None:
+    values = np.random.default_rng(4).integers(0, 65536, (12, 10), dtype=np.uint16)
+    out = image_to_rgb('mono16', 12, 10, 20, False, values.astype('<u2').tobytes(),
+                       reduction=lambda h, w: (3, 2))
+    expected = _block_means(values[:, :, None], 3, 2, divisor=257)
+    np.testing.assert_array_equal(out[:, :, :1], expected)
+
+
+def test_reduction_reads_the_view_without_copying_the_frame() -> None:
+    from pls_perception.image_conversion import box_sum
+    frame = np.random.default_rng(5).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    bgr = frame[:, :, ::-1]
+    grey = np.broadcast_to(frame[:, :, :1], frame.shape)
+    np.testing.assert_array_equal(box_sum(bgr, 4, 6), box_sum(frame, 4, 6)[:, :, ::-1])
+    sums = box_sum(grey, 4, 6)
+    assert sums.strides[-1] == 0         # grey summed once, broadcast again
+    np.testing.assert_array_equal(sums, box_sum(np.repeat(frame[:, :, :1], 3, axis=2), 4, 6))
+
+
+def test_compressed_reduction_decodes_a_jpeg_at_reduced_scale() -> None:
+    y, x = np.linspace(0, 255, 480)[:, None], np.linspace(0, 255, 640)[None, :]
+    rgb = np.stack(np.broadcast_arrays(y, x, 255 - x), axis=2).astype(np.uint8)
+    data = _compress(rgb, 'JPEG', quality=95)
+    full = compressed_to_rgb('jpeg', data)
+    reduced = compressed_to_rgb('jpeg', data, reduction=lambda h, w: (h // 60, w // 80))
+    assert full.shape == (480, 640, 3) and reduced.shape == (60, 80, 3)
+    reference = _block_means(full, 8, 8)
+    assert np.abs(reduced.astype(int) - reference.astype(int)).mean() < 2
+    png = compressed_to_rgb('png', _compress(rgb, 'PNG'), reduction=lambda h, w: (8, 8))
+    np.testing.assert_array_equal(png, _block_means(rgb, 8, 8))

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms import functional as TF
 
 from pls_perception.preprocessing import (CIFAR10_PREPROCESSING, IMAGENET_PREPROCESSING,
                                           Preprocessing)
@@ -55,3 +56,56 @@ def test_bad_parameters() -> None:
         Preprocessing(mean=(0, 0, 0), std=(1, 0, 1), input_size=(2, 2))
     with pytest.raises(ValueError, match='input_size'):
         Preprocessing(mean=(0, 0, 0), std=(1, 1, 1), input_size=(0, 2))
+
+
+def _whole_frame_reference(prep: Preprocessing, image: np.ndarray) -> torch.Tensor:
+    """What to_tensor computed before frames were reduced: the whole frame in float32."""
+    x = torch.from_numpy(image.astype(np.float32)[None]).permute(0, 3, 1, 2) / 255.0
+    if prep.resize_size is not None:
+        x = TF.center_crop(TF.resize(x, [prep.resize_size], InterpolationMode.BILINEAR,
+                                     antialias=True), list(prep.input_size))
+    else:
+        x = TF.resize(x, list(prep.input_size), InterpolationMode.BILINEAR, antialias=True)
+    return (x - torch.tensor(prep.mean).view(1, 3, 1, 1)) / torch.tensor(prep.std).view(1, 3, 1, 1)
+
+
+def _textured(height: int, width: int, seed: int) -> np.ndarray:
+    """A smooth random scene with per-pixel noise (sigma 20 grey levels)."""
+    rng = np.random.default_rng(seed)
+    coarse = torch.from_numpy(rng.integers(0, 256, (3, height // 40 + 2, width // 40 + 2))
+                              .astype(np.float32))[None]
+    scene = TF.resize(coarse, [height, width], InterpolationMode.BILINEAR, antialias=False)
+    noisy = scene[0].permute(1, 2, 0).numpy() + rng.normal(0, 20, (height, width, 3))
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize('prep', [CIFAR10_PREPROCESSING, IMAGENET_PREPROCESSING],
+                         ids=['cifar10', 'imagenet'])
+@pytest.mark.parametrize('size', [(480, 640), (1080, 1920), (3000, 4000), (41, 2000),
+                                  (2000, 41)])
+def test_large_frames_stay_within_two_grey_levels_of_the_whole_frame(
+        prep: Preprocessing, size: tuple[int, int]) -> None:
+    image = _textured(*size, seed=sum(size))
+    x = prep.to_tensor(image)
+    reference = _whole_frame_reference(prep, image)
+    assert x.shape == reference.shape == (1, 3, *prep.input_size)
+    grey_level = 1 / 255 / min(prep.std)
+    assert float((x - reference).abs().mean()) < 2 * grey_level
+
+
+def test_cifar_frames_convert_exactly_as_the_whole_frame() -> None:
+    """Normal inputs are untouched: 32x32 frames are neither cropped nor reduced."""
+    images = np.random.default_rng(2).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    assert CIFAR10_PREPROCESSING.reduction(32, 32) == (1, 1)
+    expected = torch.cat([_whole_frame_reference(CIFAR10_PREPROCESSING, im) for im in images])
+    torch.testing.assert_close(CIFAR10_PREPROCESSING.to_tensor(images), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('prep', [CIFAR10_PREPROCESSING, IMAGENET_PREPROCESSING],
+                         ids=['cifar10', 'imagenet'])
+def test_reduction_keeps_three_to_six_resize_outputs(prep: Preprocessing) -> None:
+    for height, width in ((32, 32), (700, 700), (1080, 1920), (8192, 8192), (3, 50000)):
+        fy, fx = prep.reduction(height, width)
+        out_h, out_w = prep.resized_size(height, width)
+        for size, factor, out in ((height, fy, out_h), (width, fx, out_w)):
+            assert factor >= 1 and (factor == 1 or 3 * out <= size // factor < 6 * out)

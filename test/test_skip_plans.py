@@ -306,3 +306,75 @@ def test_learn_plan_rejects_bad_arguments(
     with pytest.raises(ValueError, match='labels must have shape'):
         learn_plan(resnet18, images, labels=labels[:3])
 
+
+
+RESNET152 = (3, 8, 36, 3)
+
+
+def test_absurd_depth_is_rejected_before_anything_is_built(tmp_path: Path) -> None:
+    """The review's plan: one depth of 3e8 once ran configure into the OOM killer (~20 GB)."""
+    from memory_probe import run
+    doc = _plan(RESNET152).to_dict()
+    doc['depths'] = [3, 8, 36, 300000000]
+    path = tmp_path / 'absurd.yaml'
+    path.write_text(yaml.safe_dump(doc))
+    for model_depths in ('', f', depths={RESNET152!r}'):
+        outcome = run('from pls_perception.skip_plans import load_plan',
+                      f'load_plan({str(path)!r}{model_depths})', cap_mb=1024)
+        assert outcome['error'] == 'ProfileError', outcome
+        assert str(path) in outcome['message'] and '300000000' in outcome['message']
+        assert len(outcome['message']) < 600 and outcome['peak_mb'] < 50, outcome
+
+
+def test_plan_must_fit_the_model_depths(tmp_path: Path) -> None:
+    path = tmp_path / 'plan.yaml'
+    save_plan(_plan(), path)
+    assert load_plan(path, depths=DEPTHS) == _plan()
+    with pytest.raises(ProfileError, match=r'for depths \(2, 2, 2, 2\), the model has'):
+        load_plan(path, depths=RESNET152)
+    with pytest.raises(ProfileError, match='the model has'):
+        load_policy(str(path), SHA, RESNET152)
+
+
+@pytest.mark.parametrize('mutate, message', [
+    (lambda d: d.update(depths=5), 'depths must be a list'),
+    (lambda d: d.update(depths=[2, 2, 2, -1]), 'depths must be positive'),
+    (lambda d: d.update(depths=[2, 2, 2, 2.5]), 'depths must be an integer'),
+    (lambda d: d.update(removal_order={'stage': 0}), 'removal_order must be a list'),
+    (lambda d: d['removal_order'][0].pop('macs'), 'entries must be mappings with'),
+    (lambda d: d['removal_order'][0].update(cost=10**400), 'cost must be finite'),
+    (lambda d: d['removal_order'][0].update(cost=float('nan')), 'finite'),
+    (lambda d: d['removal_order'][0].update(cost='0.5'), 'cost must be a number'),
+    (lambda d: d['removal_order'][0].update(macs=-3), 'positive count'),
+    (lambda d: d['removal_order'].append(d['removal_order'][0]), 'exactly once'),
+    (lambda d: d.update(method=['greedy']), 'method must be a string'),
+    (lambda d: d.update(input_size=[32]), 'input_size'),
+    (lambda d: d.pop('weights_sha256'), 'missing required keys'),
+])
+def test_absurd_plan_content_is_one_line_profile_error(tmp_path: Path, mutate,
+                                                      message: str) -> None:
+    doc = _plan().to_dict()
+    mutate(doc)
+    path = tmp_path / 'plan.yaml'
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ProfileError, match=message) as info:
+        load_plan(path)
+    assert str(path) in str(info.value) and '\n' not in str(info.value)
+
+
+def test_non_utf8_plan_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / 'latin1.yaml'
+    path.write_bytes(yaml.safe_dump(_plan().to_dict()).encode() + b'# caf\xe9\n')
+    with pytest.raises(ProfileError, match='not UTF-8') as info:
+        load_plan(path)
+    assert str(path) in str(info.value)
+
+
+def test_long_values_from_a_plan_are_clipped_in_errors(tmp_path: Path) -> None:
+    doc = _plan().to_dict()
+    doc['format'] = 'x' * 1000
+    path = tmp_path / 'plan.yaml'
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ProfileError, match='more characters') as info:
+        load_plan(path)
+    assert len(str(info.value)) < 400

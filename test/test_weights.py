@@ -164,3 +164,49 @@ def test_imagenet_offline_names_alternatives(monkeypatch: pytest.MonkeyPatch,
     assert 'state_dict file' in message and 'random' in message
     assert str(paths.reference_weights()) in message
     _expect('1000 classes', 'imagenet', num_classes=10)
+
+
+@pytest.mark.parametrize('value', [float('nan'), float('inf'), -float('inf')])
+def test_nan_or_infinite_weights_are_rejected_naming_tensor_and_file(
+        tmp_path: Path, resnet18_7: torch.nn.Module, value: float) -> None:
+    """The review's file: NaN in fc.weight configured and published "score": NaN."""
+    state = {k: v.clone() for k, v in resnet18_7.state_dict().items()}
+    state['fc.weight'][3, 5] = value
+    path = tmp_path / 'nan.pt'
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match=r"tensor 'fc.weight' holds 1 NaN or infinite") as info:
+        load_model(str(path), arch='resnet18')
+    assert str(path) in str(info.value)
+    state['fc.weight'][3, 5] = 0.0
+    state['layer1.0.bn1.running_var'] = state['layer1.0.bn1.running_var'].half()
+    state['layer1.0.bn1.running_var'][0] = value      # fp16 files are checked too
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match='layer1.0.bn1.running_var'):
+        load_model(str(path), arch='resnet18')
+
+
+def test_absurd_class_count_is_rejected_before_building(tmp_path: Path) -> None:
+    """A zero-width fc.weight of 10^9 rows is a few bytes on disk but a 8 TB classifier."""
+    from memory_probe import run
+    path = tmp_path / 'billion.pt'
+    torch.save({'fc.weight': torch.zeros(10**9, 0), 'fc.bias': torch.zeros(1)}, path)
+    outcome = run('from pls_perception.weights import load_model',
+                  f'load_model({str(path)!r}, arch="resnet18")', cap_mb=1024)
+    assert outcome['error'] == 'WeightsError', outcome
+    assert str(path) in outcome['message'] and outcome['peak_mb'] < 100, outcome
+
+
+@pytest.mark.parametrize('tensor, match', [
+    (torch.zeros(7).to_sparse(), 'layout torch.sparse_coo'),
+    (torch.zeros(7, dtype=torch.complex64), 'dtype torch.complex64'),
+    (torch.zeros(7, device='meta'), 'device meta'),
+])
+@pytest.mark.filterwarnings('ignore:Validating sparse tensor invariants')
+def test_exotic_tensors_are_rejected(tmp_path: Path, resnet18_7: torch.nn.Module,
+                                     tensor: torch.Tensor, match: str) -> None:
+    state = dict(resnet18_7.state_dict())
+    state['fc.bias'] = tensor
+    path = tmp_path / 'exotic.pt'
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match=match):
+        load_model(str(path), arch='resnet18')

@@ -19,13 +19,25 @@ Cache layout (``cache_dir``: argument, else $PLS_ONNX_CACHE, else ~/.cache/pls_p
 
     <cache_dir>/<model_key>/          weights id, input size, onnxruntime version, CPU, providers
         manifest.json                 what the key was made of (for humans)
-        graphs/<graph_key>.onnx       graph-only model (initializers are placeholders)
-        graphs/<graph_key>.json       masks, ratio, policy, BN digest, initializer names
+        graphs/<graph_key>.json       index: key, masks, ratio, policy, the graph's digest, the
+                                      initializer names, and the digest of all that
+        graphs/<sha256>.onnx          graph-only model (initializers are placeholders)
         graphs/placeholder.bin        sparse file the placeholders point at (never read)
         weights/<sha256>.npy          one file per distinct tensor, shared by every graph
 
 ``graph_key`` hashes the skip masks and the BatchNorm statistics used at that mask, so ratios
 with the same masks share a graph, and recalibrated statistics get their own.
+
+The cache verifies itself
+-------------------------
+Graph and weight files are named by the SHA-256 of their contents (a tensor's digest covers its
+dtype, shape and bytes), and every file is checked against its name when loaded; an index must
+match its own digest, name the key, masks and graph it is filed under, and list exactly the
+graph's placeholders, each a ``w_<64 hex>`` name (so no name leads out of the weight store). A
+file that fails is logged once with its path, removed and rebuilt; a build also re-checks tensor
+files it finds already stored. Every file is written to a temp file and renamed, the index last,
+so processes sharing a cache see a whole entry or none. Each tensor is hashed once per engine,
+however many ratios share it: a warm load reads and hashes the weights once.
 
 Switching ratio is a dictionary look-up under a lock. A ratio whose graph is not loaded yet is
 built on a background thread while the previous ratio keeps serving; `status()` says so.
@@ -40,8 +52,10 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import platform
+import re
 import signal
 import tempfile
 import threading
@@ -58,9 +72,8 @@ import onnx
 import onnxruntime as ort
 import torch
 import torch.onnx
+from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
-from onnxruntime.capi.onnxruntime_pybind11_state import (
-    Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile)
 
 from pls_perception.engines.base import InferenceEngine, check_batch
 from pls_perception.engines.build_worker import BuildWorker
@@ -77,11 +90,15 @@ INPUT_NAME = 'input'
 OUTPUT_NAME = 'logits'
 _PLACEHOLDER = 'placeholder.bin'
 # Bumped when the export or cache format changes, so stale caches are never reused.
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 # Longest a graph export may take (ResNet-152 takes seconds) before its process is killed.
 EXPORT_TIMEOUT_S = 600.0
-# What ONNX Runtime raises for an unreadable or inconsistent cached graph.
-_ORT_ERRORS = (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile)
+# An initializer name in a cached graph: the digest of the tensor in weights/<digest>.npy.
+_WEIGHT_NAME = re.compile(r'w_([0-9a-f]{64})')
+_SHA256 = re.compile(r'[0-9a-f]{64}')
+# Far above any index or graph-only model (ResNet-152: ~40 kB and ~300 kB): read no further.
+_MAX_INDEX_BYTES = 16 * 2**20
+_MAX_GRAPH_BYTES = 256 * 2**20
 
 
 def default_cache_dir() -> Path:
@@ -128,8 +145,73 @@ def _digest(*parts: object) -> str:
 
 
 def _array_digest(array: np.ndarray) -> str:
-    header = f'{array.dtype.str}{array.shape}'.encode()
-    return hashlib.sha256(header + np.ascontiguousarray(array).tobytes()).hexdigest()
+    """SHA-256 of dtype, shape and bytes: a weight file's name (hashed in place, no copy)."""
+    digest = hashlib.sha256(f'{array.dtype.str}{array.shape}'.encode())
+    digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
+class _CorruptEntry(Exception):
+    """A cache file failed verification: it is removed and its entry rebuilt."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f'{path}: {reason}')
+        self.path = path
+        self.reason = reason
+
+
+def _read_tensor(path: Path, digest: str) -> np.ndarray:
+    """The array in the ``.npy`` file ``path``, which must hash to ``digest``.
+
+    The header is checked (plain numeric C-order array, data size equal to the file's) before
+    anything of the size it claims is allocated. _CorruptEntry for anything else.
+    """
+    try:
+        with open(path, 'rb') as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f'unsupported .npy version {version}')
+            if dtype.hasobject or fortran:
+                raise ValueError(f'not a plain C-order numeric array (dtype {dtype})')
+            expected = math.prod(shape) * dtype.itemsize
+            stored = os.fstat(f.fileno()).st_size - f.tell()
+            if stored != expected:
+                raise ValueError(f'{stored} bytes of data for a {dtype} array of shape {shape}')
+            array = np.fromfile(f, dtype=dtype, count=math.prod(shape)).reshape(shape)
+    except FileNotFoundError:
+        raise _CorruptEntry(path, 'missing') from None
+    except (OSError, ValueError, SyntaxError) as e:   # SyntaxError: a garbled header literal
+        raise _CorruptEntry(path, f'unreadable ({e})') from e
+    if _array_digest(array) != digest:
+        raise _CorruptEntry(path, 'its contents do not match its name')
+    return array
+
+
+def _read_capped(path: Path, limit: int) -> bytes:
+    """A cache file's bytes; _CorruptEntry if missing, unreadable or beyond ``limit`` bytes."""
+    try:
+        with open(path, 'rb') as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        raise _CorruptEntry(path, 'missing') from None
+    except OSError as e:
+        raise _CorruptEntry(path, f'unreadable ({e.strerror or e})') from e
+    if len(data) > limit:
+        raise _CorruptEntry(path, f'larger than {limit} bytes')
+    return data
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A verified cache entry: the graph file, its initializer names, the placeholder size."""
+
+    graph_path: Path
+    names: list[str]
+    placeholder_bytes: int
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
@@ -414,18 +496,55 @@ class OnnxRuntimeEngine(InferenceEngine):
         return _digest([list(m) for m in masks], bn.hexdigest())[:16]
 
     def _load_or_build(self, masks: Masks, ratio: Ratio) -> _Graph:
+        """The graph of ``masks`` from the cache, verified; else (or if it fails) built."""
         key = self._graph_key(masks, ratio)
-        graph_path = self._graph_dir / f'{key}.onnx'
-        meta_path = self._graph_dir / f'{key}.json'
+        index_path = self._graph_dir / f'{key}.json'
         with self._build_lock:
-            if graph_path.exists() and meta_path.exists():
+            if index_path.exists():
                 try:
-                    names = json.loads(meta_path.read_text())['initializers']
-                    return _Graph(masks, ratio, self._session(graph_path, names))
-                except (OSError, ValueError, KeyError, *_ORT_ERRORS) as e:
-                    _LOG.warning('cached ONNX graph %s unusable (%s); rebuilding', graph_path, e)
-            names = self._build(masks, ratio, graph_path, meta_path)
-            return _Graph(masks, ratio, self._session(graph_path, names))
+                    entry = self._read_entry(index_path, key, masks)
+                    return _Graph(masks, ratio, self._session(entry))
+                except _CorruptEntry as e:
+                    _warn_corrupt(e)
+            entry = self._build(masks, ratio, index_path)
+            return _Graph(masks, ratio, self._session(entry))
+
+    def _read_entry(self, index_path: Path, key: str, masks: Masks) -> _Entry:
+        """The cache entry an index describes, index and graph verified (_CorruptEntry)."""
+        try:
+            index = json.loads(_read_capped(index_path, _MAX_INDEX_BYTES))
+        except (ValueError, RecursionError) as e:
+            raise _CorruptEntry(index_path, f'not JSON ({e})') from e
+        if not isinstance(index, dict) or index.get('digest') != _digest(
+                {k: v for k, v in index.items() if k != 'digest'}):
+            raise _CorruptEntry(index_path, 'its contents do not match its digest')
+        if index.get('key') != key or index.get('masks') != [list(m) for m in masks]:
+            raise _CorruptEntry(index_path, f'it describes another graph than {key}')
+        graph_sha, names = index.get('graph_sha256'), index.get('initializers')
+        if (not isinstance(graph_sha, str) or not _SHA256.fullmatch(graph_sha)
+                or not isinstance(names, list)
+                or not all(isinstance(n, str) and _WEIGHT_NAME.fullmatch(n) for n in names)
+                or len(set(names)) != len(names)):
+            raise _CorruptEntry(index_path, 'malformed graph digest or initializer names')
+        graph_path = self._graph_dir / f'{graph_sha}.onnx'
+        data = _read_capped(graph_path, _MAX_GRAPH_BYTES)
+        if hashlib.sha256(data).hexdigest() != graph_sha:
+            raise _CorruptEntry(graph_path, 'its contents do not match its name')
+        try:
+            placeholders = onnx.load_model_from_string(data).graph.initializer
+        except DecodeError as e:
+            raise _CorruptEntry(graph_path, f'not an ONNX model ({e})') from e
+        lengths = {}
+        for tensor in placeholders:
+            external = {e.key: e.value for e in tensor.external_data}
+            length = external.get('length', '')
+            if external.get('location') != _PLACEHOLDER or not length.isdigit():
+                raise _CorruptEntry(graph_path,
+                                    f'initializer {tensor.name[:80]!r} is not a placeholder')
+            lengths[tensor.name] = int(length)
+        if set(lengths) != set(names):
+            raise _CorruptEntry(index_path, "its initializer names are not the graph's")
+        return _Entry(graph_path, names, max(lengths.values(), default=0))
 
     def _export(self, ratio: Ratio) -> bytes:
         """The kept blocks (with this ratio's BN statistics) as an ONNX model in memory.
@@ -478,24 +597,23 @@ class OnnxRuntimeEngine(InferenceEngine):
             ort.InferenceSession(model_bytes, options, providers=['CPUExecutionProvider'])
             return onnx.load(str(out))
 
-    def _build(self, masks: Masks, ratio: Ratio, graph_path: Path, meta_path: Path) -> list[str]:
-        """Export + optimise one mask; move its tensors to the weight store; write the graph."""
+    def _build(self, masks: Masks, ratio: Ratio, index_path: Path) -> _Entry:
+        """Export + optimise one mask; move its tensors to the weight store; write the graph,
+        then its index (last, so a reader never finds an index without its files)."""
         _LOG.info('building the ONNX graph for keep ratio %r', ratio)
         model = self._optimize(self._export(ratio))
         renames: dict[str, str] = {}
         kept: list[TensorProto] = []
+        seen: set[str] = set()
         largest = 0
         for init in model.graph.initializer:
             array = numpy_helper.to_array(init)
             name = f'w_{_array_digest(array)}'
             renames[init.name] = name
-            if name in {t.name for t in kept}:
+            if name in seen:
                 continue                     # identical tensor twice in one graph
-            weight_path = self._weight_dir / f'{name[2:]}.npy'
-            if not weight_path.exists():
-                buffer = io.BytesIO()
-                np.save(buffer, array, allow_pickle=False)
-                _write_atomic(weight_path, buffer.getvalue())
+            seen.add(name)
+            self._store_weight(name, array)
             placeholder = TensorProto(name=name, data_type=init.data_type, dims=init.dims,
                                       data_location=TensorProto.EXTERNAL)
             for k, v in (('location', _PLACEHOLDER), ('offset', '0'),
@@ -510,14 +628,48 @@ class OnnxRuntimeEngine(InferenceEngine):
             for i, name in enumerate(node.input):
                 if name in renames:
                     node.input[i] = renames[name]
-        self._grow_placeholder(largest)
         names = [t.name for t in kept]
-        _write_atomic(graph_path, model.SerializeToString())
-        meta = {'ratio': ratio, 'masks': [list(m) for m in masks],
-                'policy': self.model.policy.name, 'input_size': self.input_size,
-                'bn_recalibrated': self.model.has_bn_state(ratio), 'initializers': names}
-        _write_atomic(meta_path, json.dumps(meta).encode())
-        return names
+        data = model.SerializeToString()
+        graph_sha = hashlib.sha256(data).hexdigest()
+        graph_path = self._graph_dir / f'{graph_sha}.onnx'
+        _write_atomic(graph_path, data)
+        index = {'key': index_path.stem, 'ratio': ratio, 'masks': [list(m) for m in masks],
+                 'policy': self.model.policy.name, 'input_size': self.input_size,
+                 'bn_recalibrated': self.model.has_bn_state(ratio), 'graph_sha256': graph_sha,
+                 'initializers': names}
+        index['digest'] = _digest(index)
+        _write_atomic(index_path, json.dumps(index).encode())
+        return _Entry(graph_path, names, largest)
+
+    def _weight_path(self, name: str) -> Path:
+        """weights/<digest>.npy of a ``w_<digest>`` name (no other name reaches the disk)."""
+        match = _WEIGHT_NAME.fullmatch(name)
+        if match is None:
+            raise ValueError(f'not a weight name: {name[:80]!r}')
+        return self._weight_dir / f'{match.group(1)}.npy'
+
+    def _store_weight(self, name: str, array: np.ndarray) -> None:
+        """Make ``array`` the shared tensor ``name``, stored in the weight store.
+
+        A tensor file already stored is kept if it verifies, else logged and rewritten; the
+        array itself becomes the shared value (it is the tensor the file holds).
+        """
+        with self._lock:
+            if name in self._weights:
+                return                       # loaded or stored (so verified) by this engine
+        path = self._weight_path(name)
+        if path.exists():
+            try:
+                _read_tensor(path, name[2:])
+            except _CorruptEntry as e:
+                _warn_corrupt(e)             # removes it: written afresh below
+        if not path.exists():
+            buffer = io.BytesIO()
+            np.save(buffer, array, allow_pickle=False)
+            _write_atomic(path, buffer.getvalue())
+        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+        with self._lock:
+            self._weights.setdefault(name, value)
 
     def _grow_placeholder(self, size_bytes: int) -> None:
         """The sparse file placeholders point at; ONNX Runtime checks it exists, never reads it."""
@@ -527,26 +679,34 @@ class OnnxRuntimeEngine(InferenceEngine):
                 f.truncate(size_bytes)
 
     def _shared_weight(self, name: str) -> ort.OrtValue:
+        """The one OrtValue of tensor ``name``, read and verified on first use (_CorruptEntry)."""
         with self._lock:
             value = self._weights.get(name)
         if value is None:
-            array = np.load(self._weight_dir / f'{name[2:]}.npy', allow_pickle=False)
-            value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+            array = _read_tensor(self._weight_path(name), name[2:])
+            value = ort.OrtValue.ortvalue_from_numpy(array)
             with self._lock:
                 value = self._weights.setdefault(name, value)
         return value
 
-    def _session(self, graph_path: Path, names: list[str]) -> ort.InferenceSession:
+    def _session(self, entry: _Entry) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads
         options.log_severity_level = 3
         if self._offline_level == 'all':
             # Already optimised offline; optimising again would copy the shared weights.
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        for name in names:
+        for name in entry.names:
             options.add_initializer(name, self._shared_weight(name))
-        self._grow_placeholder(0)
-        session = ort.InferenceSession(str(graph_path), options, providers=self.providers)
+        self._grow_placeholder(entry.placeholder_bytes)
+        session = ort.InferenceSession(str(entry.graph_path), options, providers=self.providers)
         # Warm up: the first run allocates the arena; do it here, not on a camera frame.
         session.run([OUTPUT_NAME], {INPUT_NAME: np.zeros((1, 3, *self.input_size), np.float32)})
         return session
+
+
+def _warn_corrupt(error: _CorruptEntry) -> None:
+    """One warning per bad cache file; the file goes, so the rebuild writes it afresh."""
+    _LOG.warning('ONNX cache file %s failed verification (%s); removing it and rebuilding',
+                 error.path, error.reason)
+    error.path.unlink(missing_ok=True)

@@ -576,7 +576,7 @@ class PerceptionNode(LifecycleNode):
         if any(self._param('input_size')):
             loaded = dataclasses.replace(loaded, preprocessing=dataclasses.replace(
                 loaded.preprocessing, input_size=tuple(self._param('input_size'))))
-        policy = load_policy(self._param('skip_policy'), loaded.sha256)
+        policy = load_policy(self._param('skip_policy'), loaded.sha256, loaded.model.depths)
         loaded.model.set_policy(policy)
         self._apply_bn_recalibration(loaded)
         backend = get_backend(self._param('dvfs_backend'),
@@ -734,11 +734,13 @@ class PerceptionNode(LifecycleNode):
             return self._requested
 
     def _to_rgb(self, msg: Image | CompressedImage) -> np.ndarray:
+        """The frame reduced as it is converted to what the network needs (bounded cost)."""
         limit = self._param('max_image_pixels')
+        reduction = self._pipeline.loaded.preprocessing.reduction   # caller holds the lock
         if isinstance(msg, CompressedImage):
-            return compressed_to_rgb(msg.format, msg.data, max_pixels=limit)
+            return compressed_to_rgb(msg.format, msg.data, max_pixels=limit, reduction=reduction)
         return image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian,
-                            msg.data, max_pixels=limit)
+                            msg.data, max_pixels=limit, reduction=reduction)
 
     def _serve(self, slot: NewestFrameSlot[tuple[Any, float]]) -> None:
         """The inference thread: apply the requested operating point, classify the newest frame.
