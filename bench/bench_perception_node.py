@@ -3,7 +3,8 @@
 1. Image conversion: ``image_to_rgb`` on a 1920x1080 frame (zero-copy views for 8-bit encodings,
    a scaling copy for 16-bit) next to a plain ``np.copy`` of the same buffer.
 2. Node overhead: end-to-end time from publishing a CIFAR-10 frame to receiving its
-   classification (real rclpy + Fast DDS, in-process), minus the network latency the node reports.
+   result on ``~/frame_info`` (real rclpy + Fast DDS, in-process), minus the network latency the
+   node reports.
 3. Overload: frames published faster than inference; the node must drop old frames (newest wins)
    and keep the age of what it classifies bounded instead of queueing.
 
@@ -89,7 +90,7 @@ def main() -> None:
     client = Node('bench_client')
     results: queue.Queue[tuple[float, dict[str, Any]]] = queue.Queue()
     client.create_subscription(
-        String, '/pls_perception_node/classification',
+        String, '/pls_perception_node/frame_info',
         lambda msg: results.put((time.perf_counter(), json.loads(msg.data))),
         QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
     pub = client.create_publisher(Image, 'image', QoSProfile(

@@ -7,7 +7,7 @@ machine).
 
 1. Overhead and latency vs ratio, per engine (``--engines``, default torch and onnxruntime): the
    perception node runs with that engine, and frames go one at a time through it (publish to
-   classification received) and, interleaved frame by frame, through the same engine in this
+   its ``~/frame_info`` received) and, interleaved frame by frame, through the same engine in this
    process (bare preprocessing + ``engine.infer`` at the same ratio, same threads). Ratios are
    visited round-robin so every ratio sees the same machine load. Overhead is reported relative
    (target < 10 % at r = 1 and r = 0.5) and absolute: a faster engine makes the same DDS cost a

@@ -10,8 +10,10 @@ bag tools and the image source work without a ROS 2 install and are unit-tested 
 - ``read_image_frames``: the frames of one image topic; corrupt or truncated bags, a missing
   topic or a wrong message type raise ``BagError`` with a message that says what is wrong.
 - ``RecordWriter``: appends already-serialised CDR messages (what an rclpy raw subscription
-  delivers) to a new bag; ``compute_report`` turns such a recording plus the ground truth into
-  accuracy, latency percentiles, deadline misses, drops and energy per frame.
+  delivers) to a new bag; ``read_recording`` reads the perception node's results back (the typed
+  ``vision_msgs/Classification`` where recorded, the ``~/frame_info`` JSON beside it) and
+  ``compute_report`` turns them plus the ground truth into accuracy, latency percentiles,
+  deadline misses, drops and energy per frame.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import queue
 import sqlite3
 import struct
 import threading
+from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -35,6 +38,17 @@ from pls_perception.errors import BagError, ImageFormatError
 IMAGE_MSGTYPE = 'sensor_msgs/msg/Image'
 STRING_MSGTYPE = 'std_msgs/msg/String'
 DIAGNOSTICS_MSGTYPE = 'diagnostic_msgs/msg/DiagnosticArray'
+CLASSIFICATION_MSGTYPE = 'vision_msgs/msg/Classification'
+LABEL_INFO_MSGTYPE = 'vision_msgs/msg/LabelInfo'
+# vision_msgs 4.x (Humble, Jazzy) without the comments. rosbags ships only the core interfaces;
+# with these it reads and writes the typed results without vision_msgs installed.
+VISION_MSGS_DEFINITIONS = {
+    'vision_msgs/msg/ObjectHypothesis': 'string class_id\nfloat64 score\n',
+    CLASSIFICATION_MSGTYPE: 'std_msgs/Header header\nObjectHypothesis[] results\n',
+    'vision_msgs/msg/VisionClass': 'uint16 class_id\nstring class_name\n',
+    LABEL_INFO_MSGTYPE: ('std_msgs/Header header\nvision_msgs/VisionClass[] class_map\n'
+                         'float32 threshold\n'),
+}
 STORAGE_IDS = ('sqlite3', 'mcap')
 # Encodings the writer produces from RGB frames (the reader accepts everything image_conversion
 # does). mono8 is lossy (ITU-R BT.601 luma), so labels from a mono8 bag are not comparable.
@@ -48,11 +62,14 @@ NS_PER_S = 1_000_000_000
 
 @lru_cache(maxsize=1)
 def typestore() -> Any:
-    """The rosbags message typestore: ROS 2 Jazzy definitions (Humble on older rosbags)."""
-    from rosbags.typesys import Stores, get_typestore
+    """The rosbags message typestore: ROS 2 Jazzy definitions (Humble on older rosbags) plus
+    the vision_msgs types the perception node publishes."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-    store = getattr(Stores, 'ROS2_JAZZY', None) or Stores.ROS2_HUMBLE
-    return get_typestore(store)
+    store = get_typestore(getattr(Stores, 'ROS2_JAZZY', None) or Stores.ROS2_HUMBLE)
+    for name, text in VISION_MSGS_DEFINITIONS.items():
+        store.register(get_types_from_msg(text, name))
+    return store
 
 
 def _storage_plugin(storage: str) -> Any:
@@ -88,15 +105,18 @@ def encode_rgb(image: np.ndarray, encoding: str) -> tuple[np.ndarray, int]:
 def image_message(image: np.ndarray, stamp_ns: int, frame_id: str = 'camera',
                   encoding: str = 'rgb8') -> Any:
     """A rosbags ``sensor_msgs/msg/Image`` of an RGB frame (serialise with ``typestore()``)."""
-    store = typestore()
-    image_t = store.types[IMAGE_MSGTYPE]
-    header_t = store.types['std_msgs/msg/Header']
-    time_t = store.types['builtin_interfaces/msg/Time']
     data, step = encode_rgb(image, encoding)
+    return typestore().types[IMAGE_MSGTYPE](
+        header=_header(stamp_ns, frame_id), height=image.shape[0], width=image.shape[1],
+        encoding=encoding, is_bigendian=0, step=step, data=data)
+
+
+def _header(stamp_ns: int, frame_id: str) -> Any:
+    """A rosbags ``std_msgs/msg/Header``."""
+    types = typestore().types
     sec, nanosec = divmod(int(stamp_ns), NS_PER_S)
-    return image_t(header=header_t(stamp=time_t(sec=sec, nanosec=nanosec), frame_id=frame_id),
-                   height=image.shape[0], width=image.shape[1], encoding=encoding,
-                   is_bigendian=0, step=step, data=data)
+    return types['std_msgs/msg/Header'](
+        stamp=types['builtin_interfaces/msg/Time'](sec=sec, nanosec=nanosec), frame_id=frame_id)
 
 
 # --------------------------------------------------------------------------- ground truth
@@ -480,21 +500,47 @@ class RecordWriter:
         self.close()
 
 
+def _cdr(msgtype: str, **fields: Any) -> bytes:
+    store = typestore()
+    return bytes(store.serialize_cdr(store.types[msgtype](**fields), msgtype))
+
+
 def string_cdr(text: str) -> bytes:
     """A ``std_msgs/msg/String`` as CDR bytes (for tests and tools writing recordings)."""
-    store = typestore()
-    return bytes(store.serialize_cdr(store.types[STRING_MSGTYPE](data=text), STRING_MSGTYPE))
+    return _cdr(STRING_MSGTYPE, data=text)
+
+
+def classification_cdr(stamp_ns: int, results: Sequence[tuple[int, float]],
+                       frame_id: str = 'camera') -> bytes:
+    """The perception node's typed result, ``(class index, score)`` best first, as CDR bytes."""
+    hypothesis_t = typestore().types['vision_msgs/msg/ObjectHypothesis']
+    return _cdr(CLASSIFICATION_MSGTYPE, header=_header(stamp_ns, frame_id), results=[
+        hypothesis_t(class_id=str(class_id), score=float(score)) for class_id, score in results])
+
+
+def label_info_cdr(class_names: Sequence[str]) -> bytes:
+    """A ``vision_msgs/msg/LabelInfo`` naming class index ``i`` ``class_names[i]``, as CDR."""
+    class_t = typestore().types['vision_msgs/msg/VisionClass']
+    return _cdr(LABEL_INFO_MSGTYPE, header=_header(0, ''), threshold=0.0, class_map=[
+        class_t(class_id=i, class_name=name) for i, name in enumerate(class_names)])
 
 
 # --------------------------------------------------------------------------- report
 
 @dataclass(frozen=True)
 class Recording:
-    """The nodes' outputs read back from a recording bag."""
+    """The nodes' outputs read back from a recording bag.
 
-    classifications: tuple[tuple[int, dict], ...]   # (log_time_ns, JSON payload)
+    ``classifications`` has one ``(log_time_ns, result)`` per classification message, in log-time
+    order: the frame's ``~/frame_info`` JSON, with ``class_id``, ``label``, ``score`` and
+    ``top_k`` from its ``vision_msgs/Classification`` when that was recorded; ``source`` says
+    which (``typed`` or ``frame_info``). ``class_map`` is the recorded ``~/label_info``.
+    """
+
+    classifications: tuple[tuple[int, dict], ...]
     operating_points: tuple[tuple[int, dict], ...]  # (log_time_ns, JSON payload)
     diagnostics: int
+    class_map: dict[int, str] = field(default_factory=dict)
 
 
 def stamp_to_ns(stamp: Any) -> int:
@@ -509,23 +555,61 @@ def stamp_to_ns(stamp: Any) -> int:
 
 
 def read_recording(path: str | Path) -> Recording:
-    """Classifications (``*/classification``) and operating points (``*/operating_point``)."""
-    classifications, operating_points, diagnostics = [], [], 0
+    """Results (``*/classification`` typed, ``*/frame_info`` JSON), ``*/label_info`` and
+    ``*/operating_point``; ``BagError`` for a message that is not what its topic promises."""
+    typed, frame_info, operating_points, class_map, diagnostics = [], [], [], {}, 0
     for topic, msgtype, log_time_ns, msg in read_messages(path):
         if msgtype == DIAGNOSTICS_MSGTYPE:
             diagnostics += 1
-            continue
-        if msgtype != STRING_MSGTYPE:
-            continue
-        target = (classifications if topic.endswith('/classification') else
-                  operating_points if topic.endswith('/operating_point') else None)
-        if target is None:
-            continue
-        try:
-            target.append((log_time_ns, json.loads(msg.data)))
-        except json.JSONDecodeError as e:
-            raise BagError(f'{topic} message at {log_time_ns} ns is not JSON: {e}') from e
-    return Recording(tuple(classifications), tuple(operating_points), diagnostics)
+        elif msgtype == CLASSIFICATION_MSGTYPE:
+            typed.append((log_time_ns, _typed_result(topic, log_time_ns, msg)))
+        elif msgtype == LABEL_INFO_MSGTYPE:
+            class_map = {int(c.class_id): str(c.class_name) for c in msg.class_map}
+        elif msgtype == STRING_MSGTYPE and topic.endswith(('/frame_info', '/operating_point')):
+            try:
+                payload = json.loads(msg.data)
+            except json.JSONDecodeError as e:
+                raise BagError(f'{topic} message at {log_time_ns} ns is not JSON: {e}') from e
+            (frame_info if topic.endswith('/frame_info') else operating_points).append(
+                (log_time_ns, payload))
+    return Recording(_merge_results(typed, frame_info, class_map), tuple(operating_points),
+                     diagnostics, class_map)
+
+
+def _typed_result(topic: str, log_time_ns: int, msg: Any) -> dict[str, Any]:
+    """A recorded ``vision_msgs/Classification`` in the frame_info JSON layout."""
+    try:
+        top_k = [{'class_id': int(h.class_id), 'score': float(h.score)} for h in msg.results]
+    except ValueError as e:
+        raise BagError(f'{topic} message at {log_time_ns} ns: class_id is not a class index '
+                       f'({e})') from e
+    if not top_k:
+        raise BagError(f'{topic} message at {log_time_ns} ns has no results')
+    stamp = msg.header.stamp
+    return {'stamp': {'sec': int(stamp.sec), 'nanosec': int(stamp.nanosec)},
+            'frame_id': msg.header.frame_id, 'class_id': top_k[0]['class_id'],
+            'score': top_k[0]['score'], 'top_k': top_k}
+
+
+def _merge_results(typed: Sequence[tuple[int, dict]], frame_info: Sequence[tuple[int, dict]],
+                   class_map: dict[int, str]) -> tuple[tuple[int, dict], ...]:
+    """Each typed result joined with the frame_info of its frame (same stamp, in order); the
+    frame_info of frames without a typed result stands alone."""
+    waiting: defaultdict[int, deque[dict]] = defaultdict(deque)
+    for _, info in frame_info:
+        waiting[stamp_to_ns(info['stamp'])].append(info)
+    merged = []
+    for log_time_ns, result in typed:
+        queued = waiting.get(stamp_to_ns(result['stamp']))
+        info = queued.popleft() if queued else {}
+        top_k = [{**h, 'label': class_map.get(h['class_id'], '')} for h in result['top_k']]
+        label = class_map.get(result['class_id'], info.get('label', ''))
+        merged.append((log_time_ns, {**info, **result, 'label': label, 'top_k': top_k,
+                                     'source': 'typed'}))
+    unmatched = {id(info) for queued in waiting.values() for info in queued}
+    merged += [(t, {**info, 'source': 'frame_info'}) for t, info in frame_info
+               if id(info) in unmatched]
+    return tuple(sorted(merged, key=lambda item: item[0]))
 
 
 def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
@@ -551,10 +635,11 @@ def compute_report(recording: Recording, truth: GroundTruth,
                    deadline_ms: float | None = None) -> dict[str, Any]:
     """Accuracy, latency percentiles, deadline misses, drops and energy per frame.
 
-    Classifications are matched to ground truth by header stamp. The deadline of a frame is
-    ``deadline_ms`` when given, else the ``budget_ms`` of the operating point in effect when it
-    was classified (no deadline when neither exists). Energy per frame is the classification's
-    ``energy_mj`` when the node reports it, else the operating point's predicted ``energy_mj``.
+    Results (typed where recorded, see ``Recording``) are matched to ground truth by header
+    stamp. The deadline of a frame is ``deadline_ms`` when given, else the ``budget_ms`` of the
+    operating point in effect when it was classified (no deadline when neither exists). Energy
+    per frame is the frame_info's ``energy_mj`` when the node reports it, else the operating
+    point's predicted ``energy_mj``.
     """
     labels = truth.by_stamp()
     rows = []
@@ -582,7 +667,8 @@ def compute_report(recording: Recording, truth: GroundTruth,
             'class_id': int(payload['class_id']), 'keep_ratio': payload.get('keep_ratio'),
             'freq_mhz': payload.get('frequency_mhz'),
             'latency_ms': latency, 'budget_ms': budget, 'energy_mj': energy,
-            'missed': bool(budget is not None and latency is not None and latency > budget)})
+            'missed': bool(budget is not None and latency is not None and latency > budget),
+            'source': payload['source']})
     dropped = sorted(set(labels) - seen)
     labelled = [r for r in rows if r['label'] >= 0]
     correct = sum(r['class_id'] == r['label'] for r in labelled)
@@ -603,10 +689,21 @@ def compute_report(recording: Recording, truth: GroundTruth,
         'deadline_frames': len(with_deadline),
         'deadline_misses': sum(r['missed'] for r in with_deadline),
         'energy_per_frame_mj': float(np.mean(energies)) if energies else None,
+        'results_typed': sum(r['source'] == 'typed' for r in rows),
+        'results_frame_info': sum(r['source'] == 'frame_info' for r in rows),
+        'label_info_matches_ground_truth': _same_class_names(recording.class_map, truth),
         'operating_points': len(recording.operating_points),
         'diagnostics': recording.diagnostics,
         'frames': rows,
     }
+
+
+def _same_class_names(class_map: dict[int, str], truth: GroundTruth) -> bool | None:
+    """Whether the node's ``~/label_info`` names the ground truth's classes alike (class ids
+    are compared, so a different class order makes the accuracy meaningless); None: unknown."""
+    if not class_map or not truth.class_names:
+        return None
+    return all(class_map.get(i) == name for i, name in enumerate(truth.class_names))
 
 
 def report_table(report: dict[str, Any]) -> list[tuple[str, str]]:
@@ -625,6 +722,11 @@ def report_table(report: dict[str, Any]) -> list[tuple[str, str]]:
          ' / '.join(fmt(lat[k]) for k in ('p50', 'p90', 'p99', 'max'))),
         ('deadline misses', f'{report["deadline_misses"]} of {report["deadline_frames"]}'),
         ('energy per frame [mJ]', fmt(report['energy_per_frame_mj'], '.3f')),
+        ('results read from', f'vision_msgs/Classification {report["results_typed"]}, '
+                              f'frame_info JSON {report["results_frame_info"]}'),
+        ('label_info class names = ground truth',
+         {None: '-', True: 'yes', False: 'NO: class ids mean different classes'}[
+             report['label_info_matches_ground_truth']]),
     ]
 
 

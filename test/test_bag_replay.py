@@ -2,7 +2,8 @@
 
 Real files, real DDS, separate processes: the perception node, the DVFS manager and the budget
 schedule run as their executables; ``pls-bag record --source <bag>`` replays the bag at its
-recorded rate while recording ``~/classification``, ``~/operating_point`` and ``/diagnostics``.
+recorded rate while recording the results (typed ``~/classification`` and ``~/label_info`` where
+vision_msgs is installed, ``~/frame_info``), ``~/operating_point`` and ``/diagnostics``.
 Checks: every classified frame has exactly the label the offline computation (same engine, same
 image, same keep ratio) gives; the accuracy therefore equals the offline accuracy of those
 frames; every frame the node did not classify is one it counted as dropped (reliable QoS: no
@@ -113,6 +114,11 @@ def check_replay(record: Path, bag: Path, out: Path) -> None:
                       'frames': report['frames']}
     rows = report['frames']
     assert report['unknown_stamps'] == 0 and report['duplicates'] == 0
+    # With vision_msgs the report reads every result from the recorded typed messages, whose
+    # class ids the recorded label_info names as the ground truth does; else from frame_info.
+    typed = graph_probe.load_vision_msgs()[0] is not None
+    assert {r['source'] for r in rows} == {'typed' if typed else 'frame_info'}
+    assert report['label_info_matches_ground_truth'] is (True if typed else None)
 
     # Nothing lost but the counted drops: the node's last counters account for every frame.
     counters = max((c for _, c in recording.classifications),

@@ -1,6 +1,7 @@
 """pls_perception.bags: real rosbag2 files written and read back, broken bags, reports."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -180,7 +181,7 @@ def _recording(tmp_path: Path, truth: bags.GroundTruth, predictions: dict[int, i
             sec, nanosec = divmod(stamp, bags.NS_PER_S)
             payload = {'stamp': {'sec': sec, 'nanosec': nanosec}, 'class_id': predictions[stamp],
                        'keep_ratio': 1.0, 'latency_ms': latencies[stamp]}
-            writer.write('/pls_perception_node/classification', bags.STRING_MSGTYPE,
+            writer.write('/pls_perception_node/frame_info', bags.STRING_MSGTYPE,
                          10 + k, bags.string_cdr(json.dumps(payload)))
             if k == 5:
                 writer.write('/dvfs_manager/operating_point', bags.STRING_MSGTYPE, 10 + k,
@@ -213,11 +214,66 @@ def test_report(tmp_path: Path) -> None:
     assert fixed['deadline_misses'] == 2
     assert bags.plot_report(report, tmp_path / 'r.png').stat().st_size > 1000
     assert dict(bags.report_table(report))['frames dropped'] == '2'
+    assert (report['results_typed'], report['results_frame_info']) == (0, 8)
+    assert report['label_info_matches_ground_truth'] is None
+
+
+@pytest.mark.parametrize('storage', bags.STORAGE_IDS)
+def test_report_reads_typed_results_and_joins_frame_info(tmp_path: Path, storage: str) -> None:
+    """What pls-bag record writes with vision_msgs: Classification + LabelInfo + frame_info."""
+    truth = bags.GroundTruth((100, 101, 102, 103), (0, 1, 2, 1), tuple('abcd'), CLASSES)
+    with bags.RecordWriter(tmp_path / 'rec', storage) as writer:
+        writer.write('/p/label_info', bags.LABEL_INFO_MSGTYPE, 1, bags.label_info_cdr(CLASSES))
+        # 100 and 101: typed + frame_info; 102: frame_info only; 103: typed only
+        for k, (stamp, top) in enumerate([(100, [(0, 0.75), (2, 0.25)]), (101, [(2, 0.5)]),
+                                          (103, [(1, 0.875)])]):
+            writer.write('/p/classification', bags.CLASSIFICATION_MSGTYPE, 10 + 2 * k,
+                         bags.classification_cdr(stamp, top, frame_id='cam'))
+        for k, stamp in enumerate((100, 101, 102)):
+            info = {'stamp': [0, stamp], 'class_id': 2, 'label': 'c', 'score': 0.5,
+                    'latency_ms': 40.0 + k, 'keep_ratio': 0.5}
+            writer.write('/p/frame_info', bags.STRING_MSGTYPE, 11 + 2 * k,
+                         bags.string_cdr(json.dumps(info)))
+    assert bags.bag_topics(tmp_path / 'rec')['/p/classification'] == (
+        bags.CLASSIFICATION_MSGTYPE, 3)
+    recording = bags.read_recording(tmp_path / 'rec')
+    assert recording.class_map == dict(enumerate(CLASSES))
+    results = {bags.stamp_to_ns(r['stamp']): r for _, r in recording.classifications}
+    assert results[100]['source'] == 'typed' and results[100]['frame_id'] == 'cam'
+    assert (results[100]['class_id'], results[100]['label'], results[100]['score']) == (
+        0, 'a', 0.75)
+    assert results[100]['top_k'] == [{'class_id': 0, 'score': 0.75, 'label': 'a'},
+                                     {'class_id': 2, 'score': 0.25, 'label': 'c'}]
+    assert (results[100]['latency_ms'], results[100]['keep_ratio']) == (40.0, 0.5)
+    assert (results[102]['source'], results[102]['class_id']) == ('frame_info', 2)
+    assert (results[103]['source'], results[103]['label']) == ('typed', 'b')
+    assert 'latency_ms' not in results[103]
+    report = bags.compute_report(recording, truth)
+    # 100 right (typed 0, where frame_info says 2), 101 wrong, 102 right, 103 right
+    assert report['accuracy_classified'] == pytest.approx(3 / 4)
+    assert (report['results_typed'], report['results_frame_info']) == (3, 1)
+    assert report['latency_ms']['max'] == 42.0
+    assert report['label_info_matches_ground_truth'] is True
+    renamed = dataclasses.replace(truth, class_names=('a', 'c', 'b'))
+    assert bags.compute_report(recording, renamed)['label_info_matches_ground_truth'] is False
+
+
+def test_typed_result_with_a_foreign_class_id_is_rejected(tmp_path: Path) -> None:
+    store = bags.typestore()
+    hypothesis_t = store.types['vision_msgs/msg/ObjectHypothesis']
+    msg = store.types[bags.CLASSIFICATION_MSGTYPE](
+        header=bags.image_message(IMAGES[0], 7).header,
+        results=[hypothesis_t(class_id='cat', score=0.9)])
+    with bags.RecordWriter(tmp_path / 'rec') as writer:
+        writer.write('/p/classification', bags.CLASSIFICATION_MSGTYPE, 1,
+                     store.serialize_cdr(msg, bags.CLASSIFICATION_MSGTYPE))
+    with pytest.raises(BagError, match="/p/classification message at 1 ns: class_id is not"):
+        bags.read_recording(tmp_path / 'rec')
 
 
 def test_report_rejects_non_json(tmp_path: Path) -> None:
     with bags.RecordWriter(tmp_path / 'rec') as writer:
-        writer.write('/n/classification', bags.STRING_MSGTYPE, 1, bags.string_cdr('{oops'))
+        writer.write('/n/frame_info', bags.STRING_MSGTYPE, 1, bags.string_cdr('{oops'))
     with pytest.raises(BagError, match='not JSON'):
         bags.read_recording(tmp_path / 'rec')
 

@@ -46,9 +46,9 @@ class TestDemoGraph(unittest.TestCase):
         proc_output.assertWaitFor('active: classifying', timeout=180, stream='stderr')
 
     def test_classifications_flow(self) -> None:
-        with WaitForTopics([('/pls_perception_node/classification', String)],
+        with WaitForTopics([('/pls_perception_node/frame_info', String)],
                            timeout=180.0) as wait:
-            received = wait.received_messages('/pls_perception_node/classification')
+            received = wait.received_messages('/pls_perception_node/frame_info')
         self.assertTrue(received)
         self.assertIn('latency_ms', json.loads(received[0].data))
 

@@ -171,7 +171,7 @@ class DvfsManagerNode(Node):
             durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_subscription(Float64, '/latency_budget', self._on_budget, 10)
-        self.create_subscription(String, f'{self.target_node}/classification',
+        self.create_subscription(String, f'{self.target_node}/frame_info',
                                  self._on_classification, qos_profile_sensor_data)
         self.create_timer(TICK_S, self._tick)
         self.create_timer(1.0, self._publish_diagnostics)

@@ -3,7 +3,8 @@
 Benchmarks (bench/) and the load/fault tests start the real node executables as separate
 processes and talk to them only over DDS: this module holds that harness once. ``NodeProcess``
 starts an executable with parameter files and stops it cleanly; ``PipelineProbe`` is an rclpy
-node that publishes camera frames and latency budgets, records classifications, diagnostics and
+node that publishes camera frames and latency budgets, records the results (``~/frame_info``
+JSON, and the typed ``~/classification`` where vision_msgs is installed), diagnostics and
 parameter events with receive times, and calls the lifecycle and parameter services.
 """
 from __future__ import annotations
@@ -38,6 +39,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float64, String
 
+from pls_perception.nodes.typed_output import load_vision_msgs
+
 PERCEPTION_NODE = 'pls_perception_node'
 PERCEPTION_MODULE = 'pls_perception.nodes.perception_node'
 MANAGER_MODULE = 'pls_perception.nodes.dvfs_manager_node'
@@ -59,12 +62,14 @@ class NodeProcess:
     win, as in the parameters list of a launch_ros Node), then ``ros_args``. ``name`` (default:
     the module's last part) names the files in ``log_dir``. Output goes to ``log_path``
     (``<name>.log``, appended to unless ``append_log`` is False) so a failure can show it.
+    ``env`` entries are added to this process's environment.
     """
 
     def __init__(self, module: str, parameters: Mapping[str, Any] | None = None,
                  ros_args: list[str] | None = None, log_dir: Path | None = None, *,
                  params_files: Sequence[Path] = (), name: str | None = None,
-                 command: Sequence[str] | None = None, append_log: bool = True) -> None:
+                 command: Sequence[str] | None = None, append_log: bool = True,
+                 env: Mapping[str, str] | None = None) -> None:
         self.module = module
         self.name = name or module.rsplit('.', 1)[-1]
         self._dir = Path(log_dir or tempfile.mkdtemp(prefix='pls_proc_'))
@@ -79,7 +84,7 @@ class NodeProcess:
             self.cmd += ['--params-file', str(f)]
         self.cmd += ros_args or []
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, PYTHONUNBUFFERED='1'))
+                                     env={**os.environ, 'PYTHONUNBUFFERED': '1', **(env or {})})
 
     @property
     def pid(self) -> int:
@@ -173,13 +178,20 @@ def make_image(rgb: np.ndarray, stamp_ns: int, frame_id: str = 'camera') -> Imag
 
 
 def stamp_ns_of(classification: Mapping[str, Any]) -> int:
-    """The source image stamp (ns) carried by a classification JSON object."""
+    """The source image stamp (ns) carried by a frame_info JSON object."""
     stamp = classification['stamp']
     return int(stamp['sec']) * 1_000_000_000 + int(stamp['nanosec'])
 
 
+def header_stamp_ns(msg: Any) -> int:
+    """The source image stamp (ns) of a message with a header (a typed Classification)."""
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
 class PipelineProbe(Node):
-    """Publishes frames and budgets to a perception graph and records what comes back."""
+    """Publishes frames and budgets to a perception graph and records what comes back:
+    ``classifications`` holds the frame_info JSON, ``typed`` the vision_msgs Classification
+    messages (empty where vision_msgs is not installed)."""
 
     def __init__(self, target: str = PERCEPTION_NODE, image_topic: str = 'image',
                  name: str = 'pls_graph_probe', **kwargs: Any) -> None:
@@ -189,10 +201,15 @@ class PipelineProbe(Node):
         self.budget_pub = self.create_publisher(Float64, '/latency_budget', 10)
         reliable = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
         self.classifications = ReceivedLog()
+        self.typed = ReceivedLog()
         self.diagnostics = ReceivedLog()
         self.parameter_events = ReceivedLog()
-        self.create_subscription(String, f'/{target}/classification',
+        self.create_subscription(String, f'/{target}/frame_info',
                                  lambda m: self.classifications.add(json.loads(m.data)), reliable)
+        msgs, _ = load_vision_msgs()
+        if msgs is not None:
+            self.create_subscription(msgs.Classification, f'/{target}/classification',
+                                     self.typed.add, reliable)
         self.create_subscription(DiagnosticArray, '/diagnostics', self.diagnostics.add, reliable)
         self.create_subscription(ParameterEvent, '/parameter_events', self._on_parameter_event,
                                  reliable)
@@ -372,10 +389,11 @@ def probe_session(target: str = PERCEPTION_NODE,
 @contextmanager
 def running_node(module: str, parameters: Mapping[str, Any] | None = None,
                  log_dir: Path | None = None, activate_with: PipelineProbe | None = None,
-                 ros_args: list[str] | None = None) -> Iterator[NodeProcess]:
+                 ros_args: list[str] | None = None,
+                 env: Mapping[str, str] | None = None) -> Iterator[NodeProcess]:
     """A node process for the ``with`` block (lifecycle-activated through ``activate_with`` if
     given); its log tail goes to stderr if the block fails, and it is always stopped."""
-    node = NodeProcess(module, parameters, ros_args=ros_args, log_dir=log_dir)
+    node = NodeProcess(module, parameters, ros_args=ros_args, log_dir=log_dir, env=env)
     try:
         if activate_with is not None:
             activate_with.activate()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import math
 import os
 import re
@@ -65,6 +64,7 @@ from pls_perception.image_conversion import (DEFAULT_MAX_PIXELS, compressed_to_r
 from pls_perception.nodes.dvfs_manager_node import default_profile_path
 from pls_perception.nodes.spin import make_executor
 from pls_perception.nodes.threaded_transitions import ThreadedTransitions
+from pls_perception.nodes.typed_output import FRAME_INFO_TOPIC, TypedOutput, frame_info_json
 from pls_perception.profiles import load_profile
 from pls_perception.skip_plans import load_policy
 from pls_perception.weights import LoadedModel, load_model
@@ -257,29 +257,6 @@ class FramePipeline:
             self.backend.reset()
 
 
-def classification_to_json(result: Classification, stamp: Any, frame_id: str,
-                           info: dict[str, Any]) -> str:
-    """The ``~/classification`` payload (schema documented in the README)."""
-    return json.dumps({
-        'stamp': {'sec': int(stamp.sec), 'nanosec': int(stamp.nanosec)},
-        'frame_id': frame_id,
-        'class_id': result.class_id,
-        'label': result.label,
-        'score': round(result.score, 6),
-        'top_k': [{'class_id': c, 'label': label, 'score': round(s, 6)}
-                  for c, label, s in result.top_k],
-        'keep_ratio': result.keep_ratio,
-        'frequency_mhz': result.freq_mhz,
-        'latency_ms': round(result.latency_ms, 3),
-        'compute_ms': round(result.compute_ms, 3),
-        'emulated_ms': round(result.emulated_ms, 3),
-        'preprocess_ms': round(result.preprocess_ms, 3),
-        'energy_mj': None if result.energy_mj is None else round(result.energy_mj, 4),
-        'energy_source': result.energy_source,
-        **info,
-    })
-
-
 def _descriptor(description: str, *, float_range: tuple[float, float] | None = None,
                 int_range: tuple[int, int] | None = None, read_only: bool = False,
                 constraints: str = '') -> ParameterDescriptor:
@@ -343,7 +320,8 @@ class PerceptionNode(LifecycleNode):
         self._model_loader = model_loader
         self._pipeline: Optional[FramePipeline] = None
         self._pipeline_lock = threading.Lock()  # held for a whole frame and for teardown
-        self._classification_pub: Optional[LifecyclePublisher] = None
+        self._frame_info_pub: Optional[LifecyclePublisher] = None
+        self._typed: Optional[TypedOutput] = None
         self._image_sub: Optional[Subscription] = None
         self._budget_sub: Optional[Subscription] = None
         # (message, receive time) from the image callback to the inference thread
@@ -641,8 +619,8 @@ class PerceptionNode(LifecycleNode):
             load_bn_states(loaded.model, path)
 
     def _create_entities(self) -> None:
-        self._classification_pub = self.create_lifecycle_publisher(
-            String, '~/classification', 10)
+        self._frame_info_pub = self.create_lifecycle_publisher(String, FRAME_INFO_TOPIC, 10)
+        self._typed = TypedOutput(self, self._pipeline.class_names)
         self._budget_sub = self.create_subscription(
             Float64, '/latency_budget', self._on_budget, 10)
 
@@ -707,9 +685,12 @@ class PerceptionNode(LifecycleNode):
         if self._budget_sub is not None:
             self.destroy_subscription(self._budget_sub)
             self._budget_sub = None
-        if self._classification_pub is not None:
-            self.destroy_lifecycle_publisher(self._classification_pub)
-            self._classification_pub = None
+        if self._frame_info_pub is not None:
+            self.destroy_lifecycle_publisher(self._frame_info_pub)
+            self._frame_info_pub = None
+        if self._typed is not None:
+            self._typed.destroy()
+            self._typed = None
         self.release_model()
 
     def release_model(self) -> None:
@@ -796,10 +777,11 @@ class PerceptionNode(LifecycleNode):
                 'dvfs_emulation': self._emulation,
                 'frequency_requested_mhz': setpoint.freq_mhz,
                 'queue_ms': round(queue_ms, 3), 'frames': self._counters.as_dict()}
-        publisher = self._classification_pub
+        typed, publisher = self._typed, self._frame_info_pub
+        if typed is not None:
+            typed.publish(msg.header, result.top_k)
         if publisher is not None:
-            publisher.publish(String(data=classification_to_json(
-                result, msg.header.stamp, msg.header.frame_id, info)))
+            publisher.publish(String(data=frame_info_json(result, msg.header, info)))
 
     def _on_budget(self, msg: Float64) -> None:
         value = float(msg.data)
@@ -835,6 +817,8 @@ class PerceptionNode(LifecycleNode):
                 'skip_policy': self._info.get('skip_policy', ''),
                 'energy_source': pipeline.meter.source if pipeline.meter else 'none',
             })
+            if self._typed is not None:
+                values['typed_output'] = self._typed.status()
             if isinstance(backend, FailoverBackend) and backend.fault is not None:
                 fault = f'DVFS backend failed ({backend.fault}): running on the simulated backend'
                 values['dvfs_fault'] = backend.fault

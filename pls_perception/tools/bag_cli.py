@@ -2,9 +2,11 @@
 
 The AV validation loop without ``ros2 bag``: ``make`` turns a folder, an image tar or the shared
 CIFAR-10 split into a rosbag2 with ground truth beside it; ``replay`` publishes it (the
-``image_source`` node); ``record`` writes ``~/classification``, ``~/operating_point`` and
-``/diagnostics`` into a rosbag2 while a replay runs; ``report`` scores the recording against the
-ground truth (accuracy, latency percentiles, deadline misses, drops, energy per frame).
+``image_source`` node); ``record`` writes the perception node's results (the typed
+``~/classification`` and ``~/label_info`` where vision_msgs is installed, and ``~/frame_info``),
+``~/operating_point`` and ``/diagnostics`` into a rosbag2 while a replay runs; ``report`` scores
+the recording against the ground truth (accuracy, latency percentiles, deadline misses, drops,
+energy per frame), reading the typed results back where they were recorded.
 """
 from __future__ import annotations
 
@@ -80,12 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument('--storage', default='sqlite3', choices=bags.STORAGE_IDS)
     record.add_argument('--topics', nargs='+', default=None,
                         help='"/name:pkg/msg/Type" items (default: the perception node\'s '
-                             'classification, the manager\'s operating_point, /diagnostics)')
+                             'classification and label_info (with vision_msgs) and frame_info, '
+                             'the manager\'s operating_point, /diagnostics)')
     record.add_argument('--duration-s', type=float, default=None,
                         help='stop after this long (default: replay end + idle, or Ctrl-C)')
     record.add_argument('--idle-s', type=float, default=3.0,
-                        help='after the replay, stop once no */classification (any topic if '
-                             'none is recorded) arrived for this long')
+                        help='after the replay, stop once no result (*/classification, '
+                             '*/frame_info; any topic if none is recorded) arrived for this long')
     record.add_argument('--discovery-timeout-s', type=float, default=20.0,
                         help='wait this long for the recorded topics\' publishers')
     record.add_argument('--source', default=None,
@@ -165,7 +168,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     from rclpy.executors import SingleThreadedExecutor
 
     from pls_perception.nodes.image_source_node import ImageSourceNode
-    from pls_perception.nodes.recorder_node import DEFAULT_TOPICS, RecorderNode
+    from pls_perception.nodes.recorder_node import RecorderNode
 
     rclpy.init()
     # One thread: the callbacks only queue messages for the writer thread, and fewer threads
@@ -174,7 +177,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     nodes = []
     try:
         with bags.RecordWriter(args.output, args.storage) as writer:
-            recorder = RecorderNode(writer, args.topics or DEFAULT_TOPICS)
+            recorder = RecorderNode(writer, args.topics)
             nodes.append(recorder)
             executor.add_node(recorder)
             source = None
@@ -183,9 +186,11 @@ def cmd_record(args: argparse.Namespace) -> int:
                 nodes.append(source)
                 executor.add_node(source)
             _wait_for_publishers(executor, recorder, args.discovery_timeout_s)
+            recorder.subscribe()
             # periodic topics (/diagnostics, re-published operating points) never go quiet;
             # the replay's results do
-            results = ([t for t, _ in recorder.topics if t.endswith('/classification')] or
+            results = ([t for t, _ in recorder.topics
+                        if t.endswith(('/classification', '/frame_info'))] or
                        [t for t, _ in recorder.topics])
             started = time.monotonic()
             done_ns = None

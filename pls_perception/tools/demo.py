@@ -110,7 +110,7 @@ class Monitor:
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.node.create_subscription(String, f'/{PERCEPTION}/classification',
+        self.node.create_subscription(String, f'/{PERCEPTION}/frame_info',
                                       self._on_classification, reliable)
         self.node.create_subscription(String, f'/{MANAGER}/operating_point',
                                       self._on_point, latched)

@@ -69,7 +69,7 @@ def spinner(spinner_factory: Callable[[int], Spinner]) -> Spinner:
 
 
 class ClassificationProbe:
-    """A plain node that listens to a perception node's ``~/classification`` (JSON)."""
+    """A plain node that listens to a perception node's ``~/frame_info`` (JSON)."""
 
     def __init__(self, node: Node, topic: str) -> None:
         self.node = node

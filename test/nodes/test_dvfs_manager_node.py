@@ -1,7 +1,7 @@
 """DVFS manager node over real rclpy/DDS: budgets in, atomic parameter updates out.
 
 The target is a small real rclpy node standing in for the perception node (same node name,
-parameters keep_ratio / frequency_mhz, ~/classification JSON with the measured latency and the
+parameters keep_ratio / frequency_mhz, ~/frame_info JSON with the measured latency and the
 skip policy in force): it can be told to reject updates, to run slower than the profile and to
 report another skip policy, which the real network cannot be made to do on demand. The real
 perception node is driven by the manager in test_demo.py.
@@ -62,7 +62,7 @@ class TargetNode(Node):
         self.skip_policy = 'proportional'      # the name the perception node reports
         self.requests: list[dict[str, float]] = []
         self.add_on_set_parameters_callback(self._on_set)
-        self._pub = self.create_publisher(String, '~/classification', 10)
+        self._pub = self.create_publisher(String, '~/frame_info', 10)
         self.create_timer(0.05, self._publish)
 
     def _on_set(self, params: list[Parameter]) -> SetParametersResult:

@@ -107,7 +107,7 @@ class Harness:
         self.compressed_pub = self.client.create_publisher(
             CompressedImage, 'image/compressed', reliable)
         self.probe = make_probe(self.client, f'{self.namespace}/pls_perception_node/'
-                                             'classification')
+                                             'frame_info')
         self.params = AsyncParameterClient(self.client, self.node.get_fully_qualified_name())
         self.spinner = spinner
         spinner.add(self.node)
@@ -700,7 +700,7 @@ def test_node_as_a_separate_process_driven_by_change_state(
                       tmp_path) as (process, client):
         change = client.create_client(ChangeState, f'{node_name}/change_state')
         get = client.create_client(GetState, f'{node_name}/get_state')
-        probe = make_probe(client, f'{node_name}/classification')
+        probe = make_probe(client, f'{node_name}/frame_info')
         pub = client.create_publisher(Image, 'image', QoSProfile(
             depth=10, reliability=ReliabilityPolicy.RELIABLE))
 
@@ -744,7 +744,7 @@ def test_autostart_process_classifies_and_exits_cleanly_on_sigint(
     namespace = f'/perception_autostart_{os.getpid()}'
     with node_process(namespace, {'autostart': 'true', 'image_transport': 'compressed'},
                       spinner, ros_context, tmp_path) as (process, client):
-        probe = make_probe(client, f'{namespace}/pls_perception_node/classification')
+        probe = make_probe(client, f'{namespace}/pls_perception_node/frame_info')
         pub = client.create_publisher(CompressedImage, 'image/compressed', QoSProfile(
             depth=10, reliability=ReliabilityPolicy.RELIABLE))
         wait_for(lambda: pub.get_subscription_count() > 0, 180, 'the node to subscribe')
