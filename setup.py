@@ -39,6 +39,7 @@ setup(
             'pls-demo = pls_perception.tools.demo:main',
             'pls-bag = pls_perception.tools.bag_cli:main',
             'pls-plan = pls_perception.tools.plan_cli:main',
+            'pls-train = pls_perception.tools.train_cli:main',
         ],
     },
 )
