@@ -20,6 +20,10 @@ and coming back. ``mode: manual`` stops the sending so an operator can set the n
 The profile's accuracy per ratio holds only under the skip policy it records; the manager checks
 that the perception node runs that policy (from the ``skip_policy`` its classifications report)
 and warns, in the log and on /diagnostics, when it does not.
+
+Reference: docs/dvfs_manager.md. The module is over ~500 lines because it is one node whose
+callbacks (budget, classifications, polls, updates, parameters) share the state of one
+single-threaded executor; the ROS-free work is in the optimizer and the latency correction.
 """
 from __future__ import annotations
 
@@ -92,7 +96,7 @@ class Setpoint:
     freq_mhz: float
 
 
-def _descriptor(description: str, *, read_only: bool = False,
+def _descriptor(description: str, *, read_only: bool,
                 float_range: tuple[float, float] | None = None,
                 constraints: str = '') -> ParameterDescriptor:
     d = ParameterDescriptor(description=description, read_only=read_only,
@@ -224,51 +228,49 @@ class DvfsManagerNode(Node):
 
     # ---------------------------------------------------------------- parameters
     def _declare_parameters(self) -> None:
-        d = _descriptor
         self._declared: list[str] = []
 
-        def declare(name: str, value: Any, descriptor: ParameterDescriptor) -> None:
-            self.declare_parameter(name, value, descriptor)
+        def declare(name: str, value: Any, description: str,
+                    float_range: tuple[float, float] | None = None,
+                    constraints: str = '') -> None:
+            self.declare_parameter(name, value, _descriptor(
+                description, read_only=name not in RUNTIME_PARAMETERS,
+                float_range=float_range, constraints=constraints))
             self._declared.append(name)
-        declare('mode', 'auto', d(
-            'auto: send each operating point to the target; manual: solve and publish them but '
-            'send nothing, so the target can be set by hand (auto again re-sends at once)',
-            constraints=' | '.join(MODES)))
-        declare('profile', '', d(
-            'operating-point profile YAML; empty = the shipped Orin Nano CPU profile',
-            read_only=True))
-        declare('accuracy_loss_max', 0.05, d(
-            'largest accepted top-1 accuracy loss vs. keep ratio 1 (fraction)',
-            float_range=(0.0, 1.0)))
-        declare('objective', 'edp', d(
-            'what to minimise among feasible points', constraints=' | '.join(OBJECTIVES)))
-        declare('strategy', 'joint', d(
-            "joint (exact search over ratio x frequency) | alg2 (the paper's Algorithm 2)",
-            constraints=' | '.join(STRATEGIES)))
-        declare('hysteresis', 0.05, d(
-            'keep the current point unless the new one is better by this fraction',
-            float_range=(0.0, 1.0), constraints='0 <= hysteresis < 1'))
-        declare('target_node', DEFAULT_TARGET_NODE, d(
-            'fully qualified name of the perception node to drive', read_only=True))
-        declare('closed_loop', True, d(
-            'correct the profile latencies online from the measured ones'))
-        declare('correction_alpha', 0.3, d(
-            'EWMA weight of a new measurement in the global latency correction factor',
-            read_only=True, float_range=(0.01, 1.0)))
-        declare('resolve_period_s', 0.5, d(
-            'shortest time between two re-solves triggered by latency corrections',
-            float_range=(0.0, 60.0)))
-        declare('retry_initial_s', 0.5, d(
-            'first back-off after a failed or rejected update', float_range=(0.01, 60.0),
-            constraints='<= retry_max_s'))
-        declare('retry_max_s', 8.0, d(
-            'longest back-off between retries', float_range=(0.01, 600.0)))
-        declare('request_timeout_s', 3.0, d(
-            'an unanswered update or poll counts as failed after this long (an unanswered '
-            'poll makes the target unavailable)', float_range=(0.1, 600.0)))
-        declare('poll_period_s', 1.0, d(
-            "how often the target's keep_ratio and frequency_mhz are read, to notice a restart "
-            'or an absence without frames', read_only=True, float_range=(0.1, 60.0)))
+        declare('mode', 'auto',
+                'auto: send each operating point to the target; manual: solve and publish them '
+                'but send nothing, so the target can be set by hand (auto re-sends at once)',
+                constraints=' | '.join(MODES))
+        declare('profile', '',
+                'operating-point profile YAML; empty = the shipped Orin Nano CPU profile')
+        declare('accuracy_loss_max', 0.05,
+                'largest accepted top-1 accuracy loss vs. keep ratio 1 (fraction)', (0.0, 1.0))
+        declare('objective', 'edp', 'what to minimise among feasible points',
+                constraints=' | '.join(OBJECTIVES))
+        declare('strategy', 'joint',
+                "joint (exact search over ratio x frequency) | alg2 (the paper's Algorithm 2)",
+                constraints=' | '.join(STRATEGIES))
+        declare('hysteresis', 0.05,
+                'keep the current point unless the new one is better by this fraction',
+                (0.0, 1.0), constraints='0 <= hysteresis < 1')
+        declare('target_node', DEFAULT_TARGET_NODE,
+                'fully qualified name of the perception node to drive')
+        declare('closed_loop', True, 'correct the profile latencies online from the measured ones')
+        declare('correction_alpha', 0.3,
+                'EWMA weight of a new measurement in the global latency correction factor',
+                (0.01, 1.0))
+        declare('resolve_period_s', 0.5,
+                'shortest time between two re-solves triggered by latency corrections',
+                (0.0, 60.0))
+        declare('retry_initial_s', 0.5, 'first back-off after a failed or rejected update',
+                (0.01, 60.0), constraints='<= retry_max_s')
+        declare('retry_max_s', 8.0, 'longest back-off between retries', (0.01, 600.0))
+        declare('request_timeout_s', 3.0,
+                'an unanswered update or poll counts as failed after this long (an unanswered '
+                'poll makes the target unavailable)', (0.1, 600.0))
+        declare('poll_period_s', 1.0,
+                "how often the target's keep_ratio and frequency_mhz are read, to notice a "
+                'restart or an absence without frames', (0.1, 60.0))
 
     def _read_runtime_parameters(self) -> None:
         p = self.get_parameter
