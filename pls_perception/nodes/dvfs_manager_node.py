@@ -8,23 +8,40 @@ the perception node's measured latencies and corrects its profile online (closed
 never blocks or crashes when the perception node is absent, restarting or rejecting updates: it
 retries with back-off and re-applies the latest choice when the node comes back.
 
+Whether the node is there is not learnt from its frames (a restarted node may get none): the
+manager reads the node's ``keep_ratio`` and ``frequency_mhz`` every ``poll_period_s``. No answer
+within ``request_timeout_s`` (crash, link down) makes the node unavailable; a node that answers
+with another point than the applied one (restarted, or set by hand) gets the point again; and a
+new process serving the node's name (a kill -9 and an immediate restart, while the crashed
+process still lingers in the ROS graph until its DDS lease expires) counts as the node going away
+and coming back. ``mode: manual`` stops the sending so an operator can set the node by hand;
+``mode: auto`` hands control back and re-sends the latest point at once.
+
 The profile's accuracy per ratio holds only under the skip policy it records; the manager checks
 that the perception node runs that policy (from the ``skip_policy`` its classifications report)
 and warns, in the log and on /diagnostics, when it does not.
+
+Reference: docs/dvfs_manager.md. The module is over ~500 lines because it is one node whose
+callbacks (budget, classifications, polls, updates, parameters) share the state of one
+single-threaded executor; the ROS-free work is in the optimizer and the latency correction.
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import rclpy.parameter
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, Parameter, ParameterDescriptor,
-                                ParameterType, ParameterValue)
-from rcl_interfaces.srv import SetParametersAtomically
+                                ParameterType, ParameterValue, SetParametersResult)
+from rcl_interfaces.srv import GetParameters, SetParametersAtomically
+from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
 from std_msgs.msg import Float64, String
@@ -32,7 +49,8 @@ from std_msgs.msg import Float64, String
 from pls_perception import paths
 from pls_perception.errors import PlsError
 from pls_perception.latency_correction import LatencyCorrection
-from pls_perception.optimizer import OperatingPoint, OperatingPointSelector
+from pls_perception.optimizer import (OBJECTIVES, STRATEGIES, OperatingPoint,
+                                      OperatingPointSelector)
 from pls_perception.profiles import PROPORTIONAL_POLICY, OperatingPointProfile, load_profile
 from pls_perception.nodes.spin import spin_node
 
@@ -40,9 +58,16 @@ NODE_NAME = 'dvfs_manager'
 DEFAULT_TARGET_NODE = '/pls_perception_node'
 DEFAULT_PROFILE_NAME = 'orin_nano_cpu.yaml'
 TICK_S = 0.1
-# Consecutive classifications reporting another point than the one the node confirmed: the node
-# restarted (or someone else changed it), so the point is sent again.
-MISMATCH_FRAMES = 3
+MODES = ('auto', 'manual')
+# Parameters that take effect while the manager runs; the others are read once at start-up.
+RUNTIME_PARAMETERS = ('mode', 'accuracy_loss_max', 'objective', 'strategy', 'hysteresis',
+                      'closed_loop', 'resolve_period_s', 'retry_initial_s', 'retry_max_s',
+                      'request_timeout_s')
+# Those the solver uses: changing one re-solves the latest budget at once.
+SOLVER_PARAMETERS = ('accuracy_loss_max', 'objective', 'strategy', 'hysteresis')
+# A burst of invalid budgets (a planner gone wrong) logs one line per period, with a count.
+REJECTED_BUDGET_LOG_PERIOD_S = 5.0
+_NODE_NAME_PATTERN = re.compile(r'/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*')
 
 
 def default_profile_path() -> Path:
@@ -71,13 +96,51 @@ class Setpoint:
     freq_mhz: float
 
 
-def _descriptor(description: str, read_only: bool = True,
-                float_range: tuple[float, float] | None = None) -> ParameterDescriptor:
-    d = ParameterDescriptor(description=description, read_only=read_only)
+def _descriptor(description: str, *, read_only: bool,
+                float_range: tuple[float, float] | None = None,
+                constraints: str = '') -> ParameterDescriptor:
+    d = ParameterDescriptor(description=description, read_only=read_only,
+                            additional_constraints=constraints)
     if float_range is not None:
         d.floating_point_range = [FloatingPointRange(
             from_value=float_range[0], to_value=float_range[1], step=0.0)]
     return d
+
+
+def _choice(name: str, value: Any, choices: Sequence[str]) -> str | None:
+    return None if value in choices else f'{name} must be one of {tuple(choices)}, got {value!r}'
+
+
+def validate_parameter(name: str, value: Any) -> str | None:
+    """Why ``value`` is not acceptable for manager parameter ``name`` (None = fine).
+
+    rclpy checks the descriptors' types and ranges; this adds what they cannot express
+    (enumerations, an open interval, a node name).
+    """
+    if name == 'mode':
+        return _choice(name, value, MODES)
+    if name == 'objective':
+        return _choice(name, value, OBJECTIVES)
+    if name == 'strategy':
+        return _choice(name, value, STRATEGIES)
+    if name == 'hysteresis' and not (isinstance(value, float) and 0.0 <= value < 1.0):
+        return f'hysteresis must be a fraction in [0, 1), got {value!r}'
+    if name == 'target_node' and not _NODE_NAME_PATTERN.fullmatch(str(value)):
+        return f"target_node must be a node name like '/pls_perception_node', got {value!r}"
+    return None
+
+
+def check_parameters(values: Mapping[str, Any]) -> str | None:
+    """Why the parameter set ``values`` is not acceptable (None = fine): each value, then the
+    rules between them."""
+    for name, value in values.items():
+        why = validate_parameter(name, value)
+        if why is not None:
+            return why
+    initial, longest = values.get('retry_initial_s'), values.get('retry_max_s')
+    if initial is not None and longest is not None and initial > longest:
+        return (f'retry_initial_s must be <= retry_max_s, got {initial!r} > {longest!r}')
+    return None
 
 
 def _double_param(name: str, value: float) -> Parameter:
@@ -90,48 +153,16 @@ class DvfsManagerNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        self.declare_parameter('profile', '', _descriptor(
-            'operating-point profile YAML; empty = the shipped Orin Nano CPU profile'))
-        self.declare_parameter('accuracy_loss_max', 0.05, _descriptor(
-            'largest accepted top-1 accuracy loss vs. keep ratio 1 (fraction)',
-            float_range=(0.0, 1.0)))
-        self.declare_parameter('objective', 'edp', _descriptor(
-            'what to minimise among feasible points: edp | energy | latency'))
-        self.declare_parameter('strategy', 'joint', _descriptor(
-            "joint (exact search over ratio x frequency) | alg2 (the paper's Algorithm 2)"))
-        self.declare_parameter('hysteresis', 0.05, _descriptor(
-            'keep the current point unless the new one is better by this fraction',
-            float_range=(0.0, 1.0)))
-        self.declare_parameter('target_node', DEFAULT_TARGET_NODE, _descriptor(
-            'fully qualified name of the perception node to drive'))
-        self.declare_parameter('closed_loop', True, _descriptor(
-            'correct the profile latencies online from the measured ones'))
-        self.declare_parameter('correction_alpha', 0.3, _descriptor(
-            'EWMA weight of a new measurement in the global latency correction factor',
-            float_range=(0.01, 1.0)))
-        self.declare_parameter('resolve_period_s', 0.5, _descriptor(
-            'shortest time between two re-solves triggered by latency corrections',
-            float_range=(0.0, 60.0)))
-        self.declare_parameter('retry_initial_s', 0.5, _descriptor(
-            'first back-off after a failed or rejected update', float_range=(0.01, 60.0)))
-        self.declare_parameter('retry_max_s', 8.0, _descriptor(
-            'longest back-off between retries', float_range=(0.01, 600.0)))
-        self.declare_parameter('request_timeout_s', 3.0, _descriptor(
-            'an unanswered update counts as failed after this long', float_range=(0.1, 600.0)))
-
+        self._declare_parameters()
         p = self.get_parameter
+        why = check_parameters({name: p(name).value for name in self._declared})
+        if why is not None:
+            raise ValueError(why)
         profile_path = p('profile').value or str(default_profile_path())
         self.profile_path = profile_path
         self.profile: OperatingPointProfile = load_profile(profile_path)
-        self.accuracy_loss_max = float(p('accuracy_loss_max').value)
-        self.objective = str(p('objective').value)
-        self.strategy = str(p('strategy').value)
-        self.hysteresis = float(p('hysteresis').value)
-        self.closed_loop = bool(p('closed_loop').value)
-        self.resolve_period_s = float(p('resolve_period_s').value)
-        self.retry_initial_s = float(p('retry_initial_s').value)
-        self.retry_max_s = float(p('retry_max_s').value)
-        self.request_timeout_s = float(p('request_timeout_s').value)
+        self.poll_period_s = float(p('poll_period_s').value)
+        self._read_runtime_parameters()
         self.selector = OperatingPointSelector(
             self.profile, accuracy_loss_max=self.accuracy_loss_max, objective=self.objective,
             strategy=self.strategy, hysteresis=self.hysteresis)
@@ -147,13 +178,22 @@ class DvfsManagerNode(Node):
         self.desired: Setpoint | None = None
         self.applied: Setpoint | None = None
         self.target_available = False
+        # What the target last said it runs (its keep_ratio and frequency_mhz parameters).
+        self.target_point: Setpoint | None = None
         self._future: Any = None
         self._sent: Setpoint | None = None
         self._sent_at = 0.0
+        self._applied_at = 0.0
         self._backoff_s = self.retry_initial_s
         self._next_try = 0.0
         self._last_resolve = 0.0
-        self._mismatches = 0
+        self._poll: Any = None
+        self._polled_at = -math.inf
+        # Endpoint ids of the target's /parameter_events publishers: one per process serving it.
+        self._instances: frozenset[tuple[int, ...]] = frozenset()
+        self._rejected_unlogged = 0
+        self._rejected_latest = math.nan
+        self._rejected_logged_at = -math.inf
         self.stats = {'budgets': 0, 'budgets_rejected': 0, 'updates_sent': 0,
                       'updates_applied': 0, 'updates_failed': 0, 'measurements': 0,
                       'measurements_ignored': 0, 'deadline_misses': 0, 'resolves': 0}
@@ -166,6 +206,8 @@ class DvfsManagerNode(Node):
 
         self._client = self.create_client(SetParametersAtomically,
                                           f'{self.target_node}/set_parameters_atomically')
+        self._poll_client = self.create_client(GetParameters,
+                                               f'{self.target_node}/get_parameters')
         self._point_pub = self.create_publisher(String, '~/operating_point', QoSProfile(
             depth=1, reliability=ReliabilityPolicy.RELIABLE,
             durability=DurabilityPolicy.TRANSIENT_LOCAL))
@@ -173,6 +215,8 @@ class DvfsManagerNode(Node):
         self.create_subscription(Float64, '/latency_budget', self._on_budget, 10)
         self.create_subscription(String, f'{self.target_node}/frame_info',
                                  self._on_classification, qos_profile_sensor_data)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._on_parameters_set)
         self.create_timer(TICK_S, self._tick)
         self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(
@@ -180,22 +224,128 @@ class DvfsManagerNode(Node):
             f'{len(self.profile.frequencies_mhz)} frequencies), objective {self.objective}, '
             f'strategy {self.strategy}, accuracy_loss_max {self.accuracy_loss_max}, '
             f'skip_policy {self.profile.skip_policy.name}, '
-            f'target {self.target_node}, closed_loop {self.closed_loop}')
+            f'target {self.target_node}, closed_loop {self.closed_loop}, mode {self.mode}')
+
+    # ---------------------------------------------------------------- parameters
+    def _declare_parameters(self) -> None:
+        self._declared: list[str] = []
+
+        def declare(name: str, value: Any, description: str,
+                    float_range: tuple[float, float] | None = None,
+                    constraints: str = '') -> None:
+            self.declare_parameter(name, value, _descriptor(
+                description, read_only=name not in RUNTIME_PARAMETERS,
+                float_range=float_range, constraints=constraints))
+            self._declared.append(name)
+        declare('mode', 'auto',
+                'auto: send each operating point to the target; manual: solve and publish them '
+                'but send nothing, so the target can be set by hand (auto re-sends at once)',
+                constraints=' | '.join(MODES))
+        declare('profile', '',
+                'operating-point profile YAML; empty = the shipped Orin Nano CPU profile')
+        declare('accuracy_loss_max', 0.05,
+                'largest accepted top-1 accuracy loss vs. keep ratio 1 (fraction)', (0.0, 1.0))
+        declare('objective', 'edp', 'what to minimise among feasible points',
+                constraints=' | '.join(OBJECTIVES))
+        declare('strategy', 'joint',
+                "joint (exact search over ratio x frequency) | alg2 (the paper's Algorithm 2)",
+                constraints=' | '.join(STRATEGIES))
+        declare('hysteresis', 0.05,
+                'keep the current point unless the new one is better by this fraction',
+                (0.0, 1.0), constraints='0 <= hysteresis < 1')
+        declare('target_node', DEFAULT_TARGET_NODE,
+                'fully qualified name of the perception node to drive')
+        declare('closed_loop', True, 'correct the profile latencies online from the measured ones')
+        declare('correction_alpha', 0.3,
+                'EWMA weight of a new measurement in the global latency correction factor',
+                (0.01, 1.0))
+        declare('resolve_period_s', 0.5,
+                'shortest time between two re-solves triggered by latency corrections',
+                (0.0, 60.0))
+        declare('retry_initial_s', 0.5, 'first back-off after a failed or rejected update',
+                (0.01, 60.0), constraints='<= retry_max_s')
+        declare('retry_max_s', 8.0, 'longest back-off between retries', (0.01, 600.0))
+        declare('request_timeout_s', 3.0,
+                'an unanswered update or poll counts as failed after this long (an unanswered '
+                'poll makes the target unavailable)', (0.1, 600.0))
+        declare('poll_period_s', 1.0,
+                "how often the target's keep_ratio and frequency_mhz are read, to notice a "
+                'restart or an absence without frames', (0.1, 60.0))
+
+    def _read_runtime_parameters(self) -> None:
+        p = self.get_parameter
+        self.mode = str(p('mode').value)
+        self.accuracy_loss_max = float(p('accuracy_loss_max').value)
+        self.objective = str(p('objective').value)
+        self.strategy = str(p('strategy').value)
+        self.hysteresis = float(p('hysteresis').value)
+        self.closed_loop = bool(p('closed_loop').value)
+        self.resolve_period_s = float(p('resolve_period_s').value)
+        self.retry_initial_s = float(p('retry_initial_s').value)
+        self.retry_max_s = float(p('retry_max_s').value)
+        self.request_timeout_s = float(p('request_timeout_s').value)
+
+    def _on_set_parameters(self, params: list[rclpy.parameter.Parameter]) -> SetParametersResult:
+        """Validate a runtime change against the values it leaves in force."""
+        values = {name: self.get_parameter(name).value
+                  for name in ('retry_initial_s', 'retry_max_s')}
+        values.update({param.name: param.value for param in params})
+        why = check_parameters(values)
+        return SetParametersResult(successful=why is None, reason=why or '')
+
+    def _on_parameters_set(self, params: list[rclpy.parameter.Parameter]) -> None:
+        """Take an accepted change into effect: a new mode or solver setting acts at once."""
+        was_mode = self.mode
+        self._read_runtime_parameters()
+        names = {param.name for param in params}
+        if names & set(SOLVER_PARAMETERS):
+            self.selector.accuracy_loss_max = self.accuracy_loss_max
+            self.selector.objective = self.objective
+            self.selector.strategy = self.strategy
+            self.selector.hysteresis = self.hysteresis
+        if self.mode != was_mode:
+            self.get_logger().info(
+                f'mode auto: sending operating points to {self.target_node} again'
+                if self.mode == 'auto' else
+                f'mode manual: operating points are solved and published but not sent; set '
+                f'{self.target_node} by hand, and mode auto to hand control back')
+            self.applied = None  # the target may run anything now: send again in auto
+            self._backoff_s = self.retry_initial_s
+            self._next_try = 0.0
+        if self.budget_ms is not None and (self.mode != was_mode
+                                           or names & set(SOLVER_PARAMETERS)):
+            self._resolve()
+            self._tick()
 
     # ---------------------------------------------------------------- budget -> operating point
     def _on_budget(self, msg: Float64) -> None:
         budget_ms = float(msg.data)
         if not math.isfinite(budget_ms) or budget_ms <= 0.0:
             self.stats['budgets_rejected'] += 1
-            self.get_logger().warning(
-                f'rejected latency budget {budget_ms!r} ms: it must be finite and > 0; '
-                f'keeping {self.budget_ms} ms')
+            self._rejected_unlogged += 1
+            self._rejected_latest = budget_ms
+            self._log_rejected_budgets(time.monotonic())
             return
         self.stats['budgets'] += 1
         changed = budget_ms != self.budget_ms
         self.budget_ms = budget_ms
         self._resolve(log=changed)
         self._tick()  # send now, not at the next tick: budget-to-ratio reaction time
+
+    def _log_rejected_budgets(self, now: float) -> None:
+        """One WARN per REJECTED_BUDGET_LOG_PERIOD_S for the budgets rejected since the last."""
+        if not self._rejected_unlogged or now - self._rejected_logged_at \
+                < REJECTED_BUDGET_LOG_PERIOD_S:
+            return
+        n = self._rejected_unlogged
+        what = (f'rejected latency budget {self._rejected_latest!r} ms' if n == 1 else
+                f'rejected {n} latency budgets in the last '
+                f'{now - self._rejected_logged_at:.1f} s (the latest {self._rejected_latest!r} '
+                f'ms)')
+        self.get_logger().warning(f'{what}: a budget must be finite and > 0; keeping '
+                                  f'{self.budget_ms} ms')
+        self._rejected_unlogged = 0
+        self._rejected_logged_at = now
 
     def _solve_profile(self) -> OperatingPointProfile:
         if self.closed_loop and self.correction.total_samples:
@@ -239,38 +389,110 @@ class DvfsManagerNode(Node):
                                                            self.desired.freq_mhz),
             'applied': self.applied == self.desired,
             'target_available': self.target_available,
+            'mode': self.mode,
         }
 
     def _publish_point(self) -> None:
-        self._point_pub.publish(String(data=json.dumps(self.point_dict())))
+        if self.point is not None:
+            self._point_pub.publish(String(data=json.dumps(self.point_dict())))
+
+    # ---------------------------------------------------------------- watching the target
+    def _set_available(self, available: bool, why: str = '') -> None:
+        """Log each change once; either way the point is no longer known to be applied."""
+        if available == self.target_available:
+            return
+        self.target_available = available
+        self.applied = None
+        if available:
+            self.get_logger().info(f'{self.target_node} is available')
+            self._backoff_s = self.retry_initial_s
+            self._next_try = 0.0
+        else:
+            self.get_logger().warning(
+                f'{self.target_node} went away ({why}); will re-apply the latest operating '
+                f'point when it is back')
+            self.target_point = None
+            self.target_policy, self.policy_mismatch = None, ''  # it may come back with another
+        self._publish_point()
+
+    def _new_instance(self) -> bool:
+        """True when a process not seen before serves the target's name: it restarted.
+
+        A crashed process stays in the ROS graph until its DDS lease expires, so service
+        availability alone misses a kill -9 followed by an immediate restart.
+        """
+        gids = frozenset(
+            tuple(info.endpoint_gid)
+            for info in self.get_publishers_info_by_topic('/parameter_events')
+            if f'{info.node_namespace.rstrip("/")}/{info.node_name}' == self.target_node)
+        restarted = bool(self._instances) and bool(gids - self._instances)
+        self._instances = gids
+        return restarted
+
+    def _drop_poll(self) -> None:
+        if self._poll is not None:
+            self._poll_client.remove_pending_request(self._poll)
+            self._poll = None
+
+    def _watch_target(self, now: float) -> None:
+        """Availability from the graph and from polling the target's setpoint parameters."""
+        if not self._client.service_is_ready():
+            self._drop_poll()
+            self._set_available(False, 'its parameter services left the ROS graph')
+            return
+        if self._new_instance():
+            self._drop_poll()
+            self._set_available(False, 'a new process serves it now: it restarted')
+        if self._poll is not None:
+            if now - self._polled_at <= self.request_timeout_s:
+                return
+            self._drop_poll()
+            self._set_available(False, f'no answer to get_parameters within '
+                                       f'{self.request_timeout_s:g} s')
+        elif self.target_available and now - self._polled_at < self.poll_period_s:
+            return
+        self._polled_at = now
+        self._poll = self._poll_client.call_async(
+            GetParameters.Request(names=['keep_ratio', 'frequency_mhz']))
+        self._poll.add_done_callback(self._on_poll)
+
+    def _on_poll(self, future: Any) -> None:
+        if future is not self._poll:
+            return  # timed out, or sent to a process that has been replaced since
+        self._poll = None
+        try:
+            values = future.result().values
+        except Exception:  # noqa: BLE001 - a transport failure is one more unanswered poll
+            return
+        self._set_available(True)
+        doubles = [v.double_value for v in values if v.type == ParameterType.PARAMETER_DOUBLE]
+        self.target_point = Setpoint(*doubles) if len(doubles) == 2 else None
+        if (self.applied is None or self._future is not None or self._polled_at < self._applied_at
+                or self.target_point == self.applied):
+            return
+        if self.mode == 'auto':
+            runs = ('no double keep_ratio and frequency_mhz' if self.target_point is None else
+                    f'keep_ratio {self.target_point.keep_ratio:g} at '
+                    f'{self.target_point.freq_mhz:g} MHz')
+            self.get_logger().warning(
+                f'{self.target_node} runs {runs}, not the applied point (set by someone else, '
+                f'or restarted); sending it again')
+        self.applied = None
+        self._publish_point()
 
     # ---------------------------------------------------------------- sending to the target
     def _tick(self) -> None:
         now = time.monotonic()
+        self._log_rejected_budgets(now)
+        self._watch_target(now)
         if self._future is not None:
-            if not self._future.done() and now - self._sent_at > self.request_timeout_s:
-                self._client.remove_pending_request(self._future)
-                self._future = None
-                self._failed(f'no answer within {self.request_timeout_s:g} s')
-            else:
+            if self._future.done() or now - self._sent_at <= self.request_timeout_s:
                 return
-        ready = self._client.service_is_ready()
-        if not ready:
-            if self.target_available:
-                self.get_logger().warning(
-                    f'{self.target_node} is gone (no set_parameters_atomically service); '
-                    f'will re-apply the latest operating point when it comes back')
-            self.target_available = False
-            self.applied = None
-            self.target_policy, self.policy_mismatch = None, ''  # it may come back with another
-            return
-        if not self.target_available:
-            self.get_logger().info(f'{self.target_node} is available')
-            self.target_available = True
-            self.applied = None
-            self._backoff_s = self.retry_initial_s
-            self._next_try = 0.0
-        if self.desired is None or self.desired == self.applied or now < self._next_try:
+            self._client.remove_pending_request(self._future)
+            self._future = None
+            self._failed(f'no answer within {self.request_timeout_s:g} s')
+        if (self.mode == 'manual' or not self.target_available or self.desired is None
+                or self.desired == self.applied or now < self._next_try):
             return
         self._send(self.desired)
 
@@ -297,7 +519,7 @@ class DvfsManagerNode(Node):
             self._failed(f'rejected: {result.reason}')
             return
         self.applied = self._sent
-        self._mismatches = 0
+        self._applied_at = time.monotonic()
         self._backoff_s = self.retry_initial_s
         self.stats['updates_applied'] += 1
         self.get_logger().info(f'{self.target_node} applied keep_ratio {self._sent.keep_ratio:g}'
@@ -330,7 +552,6 @@ class DvfsManagerNode(Node):
         self.last_latency_ms = latency_ms
         if self.budget_ms is not None and latency_ms > self.budget_ms:
             self.stats['deadline_misses'] += 1
-        self._check_restart(keep_ratio, freq_mhz)
         cell = self.correction.cell_of(keep_ratio, freq_mhz)
         if cell is None:
             self.stats['measurements_ignored'] += 1
@@ -340,21 +561,6 @@ class DvfsManagerNode(Node):
         if (self.closed_loop and self.budget_ms is not None
                 and time.monotonic() - self._last_resolve >= self.resolve_period_s):
             self._resolve(log=False)
-
-    def _check_restart(self, keep_ratio: float, freq_mhz: float) -> None:
-        """Re-send when the node keeps reporting another point than the one it confirmed."""
-        if self.applied is None or self._future is not None:
-            return
-        same = (abs(keep_ratio - self.applied.keep_ratio) < 1e-6
-                and self.correction.cell_of(keep_ratio, freq_mhz)
-                == self.correction.cell_of(self.applied.keep_ratio, self.applied.freq_mhz))
-        self._mismatches = 0 if same else self._mismatches + 1
-        if self._mismatches >= MISMATCH_FRAMES:
-            self.get_logger().warning(
-                f'{self.target_node} runs keep_ratio {keep_ratio:g} at {freq_mhz:g} MHz, not '
-                f'the applied point (restarted?); sending it again')
-            self._mismatches = 0
-            self.applied = None
 
     # ---------------------------------------------------------------- skip policy
     def _check_policy(self, reported: Any) -> None:
@@ -393,7 +599,11 @@ class DvfsManagerNode(Node):
     def _publish_diagnostics(self) -> None:
         status = DiagnosticStatus(name=f'{self.get_name()}: operating point',
                                   hardware_id='pls_perception')
-        values = {'target_node': self.target_node, 'target_available': self.target_available,
+        runs = self.target_point
+        values = {'mode': self.mode, 'target_node': self.target_node,
+                  'target_available': self.target_available,
+                  'target_keep_ratio': 'unknown' if runs is None else f'{runs.keep_ratio:g}',
+                  'target_frequency_mhz': 'unknown' if runs is None else f'{runs.freq_mhz:g}',
                   'profile': self.profile_path,
                   'profile_skip_policy': self.profile.skip_policy.name,
                   'target_skip_policy': self.target_policy or 'unknown',
@@ -407,6 +617,9 @@ class DvfsManagerNode(Node):
             if not self.target_available:
                 status.level = DiagnosticStatus.WARN
                 status.message = f'{self.target_node} unavailable'
+            elif self.mode == 'manual':
+                status.level = DiagnosticStatus.OK
+                status.message = 'manual control (mode manual): operating points are not sent'
             elif not self.point.feasible:
                 status.level = DiagnosticStatus.WARN
                 status.message = f'budget {self.budget_ms:g} ms infeasible: {self.point.reason}'
@@ -432,7 +645,8 @@ class DvfsManagerNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """``ros2 run pls_perception dvfs_manager``: solve and apply operating points until Ctrl-C."""
-    return spin_node(DvfsManagerNode, NODE_NAME, args, (PlsError, OSError, ValueError),
+    return spin_node(DvfsManagerNode, NODE_NAME, args,
+                     (PlsError, OSError, ValueError, ParameterException),
                      '. Pass a valid profile YAML with --ros-args -p profile:=<path> '
                      '(see config/profiles/).')
 

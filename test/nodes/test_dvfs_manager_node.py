@@ -4,11 +4,13 @@ The target is a small real rclpy node standing in for the perception node (same 
 parameters keep_ratio / frequency_mhz, ~/frame_info JSON with the measured latency and the
 skip policy in force): it can be told to reject updates, to run slower than the profile and to
 report another skip policy, which the real network cannot be made to do on demand. The real
-perception node is driven by the manager in test_demo.py.
+perception node is driven by the manager in test_demo.py, and killed with SIGKILL and restarted
+under a manager process in test_kill_9_and_restart_without_frames_is_noticed.
 """
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import threading
@@ -27,9 +29,11 @@ from rcl_interfaces.msg import SetParametersResult  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from std_msgs.msg import Float64, String  # noqa: E402
 
-from pls_perception.nodes.dvfs_manager_node import DvfsManagerNode  # noqa: E402
+from pls_perception.nodes.dvfs_manager_node import (  # noqa: E402
+    REJECTED_BUDGET_LOG_PERIOD_S, DvfsManagerNode)
 from pls_perception.profiles import (OperatingPointProfile, SkipPolicyInfo,  # noqa: E402
                                      save_profile)
 
@@ -106,6 +110,9 @@ class Graph:
         self.probe.create_subscription(DiagnosticArray, '/diagnostics', lambda m: (
             self.diagnostics.extend(s for s in m.status if s.name.startswith('dvfs_manager'))), 10)
         self._budget_pub = self.probe.create_publisher(Float64, '/latency_budget', 10)
+        # What `ros2 param set` uses, against the manager and against the target.
+        self._manager_params = AsyncParameterClient(self.probe, '/dvfs_manager')
+        self._target_params = AsyncParameterClient(self.probe, f'/{TARGET}')
         self.target: TargetNode | None = None
         for node in (self.manager, self.probe):
             self.executor.add_node(node)
@@ -127,6 +134,14 @@ class Graph:
         wait_until(lambda: self._budget_pub.get_subscription_count() > 0, 10.0)
         self._budget_pub.publish(Float64(data=budget_ms))
 
+    def set_manager(self, **values: Any) -> list[tuple[bool, str]]:
+        """Set the manager's parameters over its service: ``[(successful, reason)]``."""
+        return _set_parameters(self._manager_params, values)
+
+    def set_target(self, **values: Any) -> list[tuple[bool, str]]:
+        """Set the target's parameters by hand, as an operator would."""
+        return _set_parameters(self._target_params, values)
+
     def close(self) -> None:
         self.executor.shutdown()
         for node in (self.manager, self.probe, self.target):
@@ -134,6 +149,14 @@ class Graph:
                 node.destroy_node()
         rclpy.shutdown(context=self.context)
         self._thread.join(5.0)
+
+
+def _set_parameters(client: AsyncParameterClient,
+                    values: dict[str, Any]) -> list[tuple[bool, str]]:
+    assert client.wait_for_services(10.0), client.remote_node_name
+    future = client.set_parameters([Parameter(k, value=v) for k, v in values.items()])
+    assert wait_until(future.done, 10.0), values
+    return [(r.successful, r.reason) for r in future.result().results]
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float) -> bool:
@@ -406,3 +429,165 @@ def test_skip_policy_match_is_quiet(open_loop: Graph,
     assert status.level == DiagnosticStatus.OK and 'policy_mismatch' not in _values(status)
     assert g.manager.policy_mismatch == ''
     assert 'skip policy' not in capfd.readouterr().err
+
+
+# ------------------------------------------------------------------------ manual control
+@pytest.mark.timeout(60)
+def test_manual_mode_lets_hand_set_points_stick_until_auto(
+        open_loop: Graph, capfd: pytest.CaptureFixture[str]) -> None:
+    """In auto a hand-set point is overwritten (no frames needed: the manager polls the node);
+    in manual it sticks while budgets are still solved and published; auto re-sends at once."""
+    g = open_loop
+    target = g.start_target()
+    g.budget(40.0)
+    assert _target_at(g, (0.5, 1000.0))
+    assert g.set_target(keep_ratio=0.25, frequency_mhz=500.0) == [(True, '')] * 2
+    assert _target_at(g, (0.5, 1000.0), timeout_s=10.0)    # auto: taken back
+
+    assert g.set_manager(mode='manual') == [(True, '')]
+    assert g.set_target(keep_ratio=0.25, frequency_mhz=500.0) == [(True, '')] * 2
+    g.budget(25.0)                                          # solved and published, not sent
+    assert wait_until(lambda: g.points and g.points[-1]['budget_ms'] == 25.0, 5.0)
+    latest = g.points[-1]
+    assert latest['mode'] == 'manual' and not latest['applied']
+    assert (latest['keep_ratio'], latest['freq_mhz']) == (0.5, 1500.0)
+    status = _diagnostics_after(g, lambda s: _values(s)['target_keep_ratio'] == '0.25')
+    assert status is not None, [_values(s) for s in g.diagnostics[-2:]]
+    assert status.level == DiagnosticStatus.OK and 'manual control' in status.message
+    assert (_values(status)['mode'], _values(status)['target_frequency_mhz']) == ('manual', '500')
+    sent = g.manager.stats['updates_sent']
+    time.sleep(2.5)     # more than two poll periods: in auto the point would be back by now
+    assert target.point() == (0.25, 500.0) and g.manager.stats['updates_sent'] == sent
+
+    assert g.set_manager(mode='auto') == [(True, '')]
+    assert _target_at(g, (0.5, 1500.0), timeout_s=5.0)
+    assert wait_until(lambda: g.points[-1]['mode'] == 'auto' and g.points[-1]['applied'], 5.0)
+    err = capfd.readouterr().err
+    assert 'mode manual: operating points are solved and published but not sent' in err
+    assert 'mode auto: sending operating points' in err
+
+
+# ------------------------------------------------------------------------ parameters
+@pytest.mark.timeout(60)
+def test_runtime_parameter_changes_are_validated_and_take_effect(open_loop: Graph) -> None:
+    g = open_loop
+    g.start_target()
+    g.budget(40.0)
+    assert _target_at(g, (0.5, 1000.0))
+    for name, value, why in (('mode', 'paused', "mode must be one of ('auto', 'manual')"),
+                             ('objective', 'speed', "got 'speed'"),
+                             ('strategy', 'greedy', "got 'greedy'"),
+                             ('hysteresis', 1.0, 'hysteresis must be a fraction in [0, 1)'),
+                             ('accuracy_loss_max', 2.0, 'out of range'),
+                             ('request_timeout_s', math.nan, 'out of range'),
+                             ('retry_initial_s', 5.0, 'retry_initial_s must be <= retry_max_s'),
+                             ('profile', 'other.yaml', 'read-only'),
+                             ('target_node', '/other_node', 'read-only')):
+        [(ok, reason)] = g.set_manager(**{name: value})
+        assert not ok and why in reason, (name, value, reason)
+    assert (g.manager.mode, g.manager.objective, g.manager.hysteresis) == ('auto', 'energy', 0.0)
+
+    # Accepted solver changes re-solve the latest budget at once, without a new budget.
+    assert g.set_manager(accuracy_loss_max=0.3) == [(True, '')]   # ratio 0.25 allowed now
+    assert _target_at(g, (0.25, 500.0))
+    assert g.set_manager(objective='latency') == [(True, '')]
+    assert _target_at(g, (0.25, 1500.0))
+    assert wait_until(lambda: g.points[-1]['feasible'] and g.points[-1]['applied'], 5.0)
+
+    # Every parameter is described; every double has its range; the read-only ones are those
+    # the node builds on at start-up.
+    names = g.manager._declared                        # rclpy's own ones left out
+    descriptors = dict(zip(names, g.manager.describe_parameters(names)))
+    assert all(d.description for d in descriptors.values())
+    doubles = [n for n in names if isinstance(g.manager.get_parameter(n).value, float)]
+    assert doubles and all(descriptors[n].floating_point_range for n in doubles)
+    assert {n for n, d in descriptors.items() if d.read_only} == {
+        'profile', 'target_node', 'correction_alpha', 'poll_period_s'}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize('argument, message', [
+    ('objective:=speed', "objective must be one of ('edp', 'energy', 'latency'), got 'speed'"),
+    ('hysteresis:=2.0', 'out of range'),
+    ('retry_initial_s:=20.0', 'retry_initial_s must be <= retry_max_s, got 20.0 > 8.0')])
+def test_main_refuses_bad_parameters_in_one_line(argument: str, message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, '-m', 'pls_perception.nodes.dvfs_manager_node', '--ros-args', '-p',
+         argument], capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 1
+    lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+    assert len(lines) == 1 and 'cannot start' in lines[0] and message in lines[0], lines
+
+
+# ------------------------------------------------------------------------ log throttling
+@pytest.mark.timeout(60)
+def test_a_burst_of_invalid_budgets_logs_one_line_per_period(
+        open_loop: Graph, capfd: pytest.CaptureFixture[str]) -> None:
+    g = open_loop
+    g.budget(40.0)
+    for i in range(86):                     # about 1 s of a planner gone wrong
+        g.budget(-float(i + 1))
+        time.sleep(0.01)
+    assert wait_until(lambda: g.manager.stats['budgets_rejected'] == 86, 10.0)
+    time.sleep(REJECTED_BUDGET_LOG_PERIOD_S + 1.0)
+    lines = [line for line in capfd.readouterr().err.splitlines()
+             if 'WARN' in line and 'latency budget' in line]
+    assert len(lines) == 2, lines
+    assert 'rejected latency budget -1.0 ms: a budget must be finite and > 0; keeping 40.0' \
+        in lines[0]
+    assert 'rejected 85 latency budgets in the last' in lines[1] and '-86.0 ms' in lines[1]
+    assert g.manager.budget_ms == 40.0
+
+
+# ------------------------------------------------------------------------ restart, no frames
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize('request_timeout_s, noticed', [
+    (1.0, 'no answer to get_parameters within 1 s'),
+    # The restart is quicker than a poll times out: seen as a new process under the name.
+    (60.0, 'a new process serves it now: it restarted')])
+def test_kill_9_and_restart_without_frames_is_noticed(
+        profile_path: Path, tmp_path: Path, request_timeout_s: float, noticed: str) -> None:
+    """#16 finding 8: the perception node is killed with SIGKILL and restarted at once, and no
+    frame flows: the manager logs once that it went away and once that it is back, and the
+    restarted node runs the latest point again. The manager exits 0 on SIGINT, no ERROR."""
+    from pls_perception.nodes.graph_probe import (MANAGER_MODULE, PERCEPTION_MODULE,
+                                                  NodeProcess, PipelineProbe, probe_session)
+    perception = {'weights': 'random', 'dvfs_backend': 'simulated'}  # left unconfigured
+    point = (0.5, 1000.0)
+
+    def runs(probe: PipelineProbe) -> tuple[float, float] | None:
+        try:
+            values = probe.get_parameters(['keep_ratio', 'frequency_mhz'], timeout_s=2.0)
+        except TimeoutError:
+            return None
+        return values['keep_ratio'], values['frequency_mhz']
+
+    nodes: list[NodeProcess] = []
+    with probe_session() as probe:
+        try:
+            nodes.append(NodeProcess(PERCEPTION_MODULE, perception, log_dir=tmp_path / 'p1'))
+            manager = NodeProcess(MANAGER_MODULE, {
+                'profile': str(profile_path), 'objective': 'energy', 'hysteresis': 0.0,
+                'closed_loop': False, 'poll_period_s': 0.5,
+                'request_timeout_s': request_timeout_s},
+                log_dir=tmp_path / 'manager')
+            nodes.append(manager)
+            assert wait_until(lambda: probe.budget_pub.get_subscription_count() > 0, 60.0)
+            probe.publish_budget(40.0)
+            assert wait_until(lambda: runs(probe) == point, 60.0), manager.tail()
+
+            nodes[0].kill()
+            nodes.append(NodeProcess(PERCEPTION_MODULE, perception, log_dir=tmp_path / 'p2'))
+            assert wait_until(lambda: runs(probe) == point, 120.0), manager.tail(30)
+            time.sleep(2.0)                 # no second "went away" once it is back
+            log = manager.log_text()
+            assert log.count('/pls_perception_node went away') == 1, log
+            assert f'went away ({noticed})' in log, log
+            assert log.count('/pls_perception_node is available') == 2, log
+            assert log.count('applied keep_ratio 0.5, frequency_mhz 1000') == 2, log
+            assert manager.stop() == 0
+            log = manager.log_text()
+            assert 'ERROR' not in log and 'Traceback' not in log, log
+        finally:
+            for node in nodes:
+                node.stop()
