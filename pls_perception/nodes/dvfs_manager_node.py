@@ -49,7 +49,7 @@ from std_msgs.msg import Float64, String
 from pls_perception import paths
 from pls_perception.errors import PlsError
 from pls_perception.latency_correction import LatencyCorrection
-from pls_perception.optimizer import (OBJECTIVES, STRATEGIES, OperatingPoint,
+from pls_perception.optimizer import (ON_INFEASIBLE, OBJECTIVES, STRATEGIES, OperatingPoint,
                                       OperatingPointSelector)
 from pls_perception.profiles import PROPORTIONAL_POLICY, OperatingPointProfile, load_profile
 from pls_perception.nodes.spin import spin_node
@@ -61,10 +61,11 @@ TICK_S = 0.1
 MODES = ('auto', 'manual')
 # Parameters that take effect while the manager runs; the others are read once at start-up.
 RUNTIME_PARAMETERS = ('mode', 'accuracy_loss_max', 'objective', 'strategy', 'hysteresis',
-                      'closed_loop', 'resolve_period_s', 'retry_initial_s', 'retry_max_s',
+                      'on_infeasible', 'closed_loop', 'resolve_period_s', 'retry_initial_s', 'retry_max_s',
                       'request_timeout_s')
 # Those the solver uses: changing one re-solves the latest budget at once.
-SOLVER_PARAMETERS = ('accuracy_loss_max', 'objective', 'strategy', 'hysteresis')
+SOLVER_PARAMETERS = ('accuracy_loss_max', 'objective', 'strategy', 'hysteresis',
+                     'on_infeasible')
 # A burst of invalid budgets (a planner gone wrong) logs one line per period, with a count.
 REJECTED_BUDGET_LOG_PERIOD_S = 5.0
 _NODE_NAME_PATTERN = re.compile(r'/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*')
@@ -123,6 +124,8 @@ def validate_parameter(name: str, value: Any) -> str | None:
         return _choice(name, value, OBJECTIVES)
     if name == 'strategy':
         return _choice(name, value, STRATEGIES)
+    if name == 'on_infeasible':
+        return _choice(name, value, ON_INFEASIBLE)
     if name == 'hysteresis' and not (isinstance(value, float) and 0.0 <= value < 1.0):
         return f'hysteresis must be a fraction in [0, 1), got {value!r}'
     if name == 'target_node' and not _NODE_NAME_PATTERN.fullmatch(str(value)):
@@ -165,7 +168,8 @@ class DvfsManagerNode(Node):
         self._read_runtime_parameters()
         self.selector = OperatingPointSelector(
             self.profile, accuracy_loss_max=self.accuracy_loss_max, objective=self.objective,
-            strategy=self.strategy, hysteresis=self.hysteresis)
+            strategy=self.strategy, hysteresis=self.hysteresis,
+            on_infeasible=self.on_infeasible)
         self.correction = LatencyCorrection(
             self.profile.ratios, self.profile.frequencies_mhz,
             alpha_global=float(p('correction_alpha').value))
@@ -253,6 +257,10 @@ class DvfsManagerNode(Node):
         declare('hysteresis', 0.05,
                 'keep the current point unless the new one is better by this fraction',
                 (0.0, 1.0), constraints='0 <= hysteresis < 1')
+        declare('on_infeasible', 'fastest',
+                'when no point meets the budget within accuracy_loss_max: fastest (the fastest '
+                'accuracy-feasible point, the paper) | relax_accuracy (deadline first: the most '
+                'accurate point that meets the budget)', constraints=' | '.join(ON_INFEASIBLE))
         declare('target_node', DEFAULT_TARGET_NODE,
                 'fully qualified name of the perception node to drive')
         declare('closed_loop', True, 'correct the profile latencies online from the measured ones')
@@ -279,6 +287,7 @@ class DvfsManagerNode(Node):
         self.objective = str(p('objective').value)
         self.strategy = str(p('strategy').value)
         self.hysteresis = float(p('hysteresis').value)
+        self.on_infeasible = str(p('on_infeasible').value)
         self.closed_loop = bool(p('closed_loop').value)
         self.resolve_period_s = float(p('resolve_period_s').value)
         self.retry_initial_s = float(p('retry_initial_s').value)
@@ -303,6 +312,7 @@ class DvfsManagerNode(Node):
             self.selector.objective = self.objective
             self.selector.strategy = self.strategy
             self.selector.hysteresis = self.hysteresis
+            self.selector.on_infeasible = self.on_infeasible
         if self.mode != was_mode:
             self.get_logger().info(
                 f'mode auto: sending operating points to {self.target_node} again'

@@ -477,6 +477,7 @@ def test_runtime_parameter_changes_are_validated_and_take_effect(open_loop: Grap
     for name, value, why in (('mode', 'paused', "mode must be one of ('auto', 'manual')"),
                              ('objective', 'speed', "got 'speed'"),
                              ('strategy', 'greedy', "got 'greedy'"),
+                             ('on_infeasible', 'drop', "got 'drop'"),
                              ('hysteresis', 1.0, 'hysteresis must be a fraction in [0, 1)'),
                              ('accuracy_loss_max', 2.0, 'out of range'),
                              ('request_timeout_s', math.nan, 'out of range'),
@@ -493,6 +494,8 @@ def test_runtime_parameter_changes_are_validated_and_take_effect(open_loop: Grap
     assert g.set_manager(objective='latency') == [(True, '')]
     assert _target_at(g, (0.25, 1500.0))
     assert wait_until(lambda: g.points[-1]['feasible'] and g.points[-1]['applied'], 5.0)
+    assert g.set_manager(on_infeasible='relax_accuracy') == [(True, '')]
+    assert g.manager.selector.on_infeasible == 'relax_accuracy'
 
     # Every parameter is described; every double has its range; the read-only ones are those
     # the node builds on at start-up.
