@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -97,6 +98,7 @@ class Monitor:
         from std_msgs.msg import Float64, String
 
         self._ChangeState = ChangeState
+        self._GetState = GetState
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node('pls_demo_monitor', context=self.context)
@@ -132,15 +134,39 @@ class Monitor:
             raise TimeoutError(f'{client.srv_name} did not answer within {timeout_s:g} s')
         return future.result()
 
-    def activate(self, timeout_s: float) -> None:
-        """configure, then activate the perception node (as demo.launch.py's events do)."""
+    def activate(self, unanswered_s: float,
+                 progress: Callable[[str, str, float], None] = lambda *_: None) -> None:
+        """configure, then activate the perception node (as demo.launch.py's events do).
+
+        A cold configure (graph export on a slow machine) may take long: this waits as long as
+        the node keeps answering ``get_state``, reporting ``progress(transition, state, s)``
+        every second, and gives up only after ``unanswered_s`` without an answer.
+        """
         from lifecycle_msgs.msg import Transition
 
         for transition_id, label in ((Transition.TRANSITION_CONFIGURE, 'configure'),
                                      (Transition.TRANSITION_ACTIVATE, 'activate')):
             request = self._ChangeState.Request()
             request.transition.id = transition_id
-            if not self._call(self._change_state, request, timeout_s).success:
+            if not self._change_state.wait_for_service(timeout_sec=unanswered_s):
+                raise TimeoutError(f'{self._change_state.srv_name} not available after '
+                                   f'{unanswered_s:g} s')
+            done = threading.Event()
+            future = self._change_state.call_async(request)
+            future.add_done_callback(lambda _: done.set())
+            t0 = last_answer = time.monotonic()
+            while not done.wait(1.0):
+                try:
+                    state = self._call(self._get_state, self._GetState.Request(),
+                                       2.0).current_state.label
+                    last_answer = time.monotonic()
+                except TimeoutError:
+                    state = 'not answering'
+                progress(label, state, time.monotonic() - t0)
+                if time.monotonic() - last_answer > unanswered_s:
+                    raise TimeoutError(f'{PERCEPTION} has not answered for {unanswered_s:g} s '
+                                       f'during {label}')
+            if not future.result().success:
                 raise RuntimeError(f'{PERCEPTION}: the {label} transition failed (see its log)')
 
     def _on_budget(self, msg: Any) -> None:
@@ -357,7 +383,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument('--settle-frames', type=int, default=3,
                         help='frames after a budget change not counted in misses_after_settling')
     parser.add_argument('--startup-timeout', type=float, default=180.0,
-                        help='seconds allowed for the perception node to configure')
+                        help='give up when the perception node has not answered for this many '
+                             'seconds while it configures (a slow configure that answers is '
+                             'waited for)')
     parser.add_argument('--log-level', default='info', help='ROS log level of the nodes')
     parser.add_argument('--no-live', action='store_true',
                         help='no live table (automatic when stdout is not a terminal)')
@@ -428,8 +456,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for name, spec in specs.items():
             spawn(name, *spec)
-        console.print('configuring and activating the perception node ...')
-        monitor.activate(args.startup_timeout)
+        with console.status('configuring and activating the perception node ...') as status:
+            monitor.activate(args.startup_timeout, lambda label, state, s: status.update(
+                f'{label} of the perception node: {state}, {s:.0f} s (a first run exports the '
+                'ONNX graph)'))
         spawn('budget_schedule', 'pls_perception.nodes.budget_schedule_node', [demo_yaml],
               # + this monitor as a third /latency_budget subscriber
               {'schedule': args.schedule, 'loop': True, 'wait_for_subscribers': 3})
