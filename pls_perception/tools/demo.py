@@ -433,11 +433,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = paths.config_dir()
     demo_yaml = config / 'demo.yaml'
     specs = {
-        'perception_node': ('pls_perception.nodes.perception_node', [config / 'perception.yaml'],
+        'perception_node': ('pls_perception.nodes.perception_node',
+                            [config / 'perception.yaml', demo_yaml],
                             {'weights': weights, 'device': args.device,
                              'dvfs_backend': args.backend}),
         'dvfs_manager': ('pls_perception.nodes.dvfs_manager_node',
-                         [config / 'dvfs_manager.yaml'],
+                         [config / 'dvfs_manager.yaml', demo_yaml],
                          {'profile': profile_path, 'closed_loop': not args.open_loop}),
         'image_source': ('pls_perception.nodes.image_source_node', [demo_yaml],
                          {'source': images, 'rate_hz': args.rate_hz}),
