@@ -4,7 +4,9 @@
 
 With autostart:=true (default) launch events drive it to active (configure, then activate once
 it is inactive); with autostart:=false it stays unconfigured for a lifecycle manager to drive.
-Parameters come from config/perception.yaml, then the launch arguments below override them.
+Without ``weights`` the node searches for the reference weights (``pls_perception.paths``);
+random weights only with ``weights:=random``. Parameters come from config/perception.yaml, then
+the launch arguments below override them.
 """
 from __future__ import annotations
 
@@ -22,10 +24,8 @@ from pls_perception import paths
 
 
 def generate_launch_description() -> LaunchDescription:
-    weights = paths.reference_weights()
     args = [
-        DeclareLaunchArgument('weights', default_value=str(weights) if weights.is_file()
-                              else 'random', description='state_dict path | imagenet | random'),
+        DeclareLaunchArgument('weights', default_value='', description=paths.WEIGHTS_ARG_HELP),
         DeclareLaunchArgument('device', default_value='cpu', description='cpu | cuda'),
         DeclareLaunchArgument('dvfs_backend', default_value='simulated',
                               description='auto | cpufreq | nvidia | jetson | simulated'),

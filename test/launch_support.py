@@ -1,0 +1,157 @@
+"""Shared by the launch tests (test_launch_*.py): an ament prefix with this package, output checks.
+
+Launch files find executables and files through the ament index
+(``<prefix>/lib/pls_perception/<exe>``, ``<prefix>/share/pls_perception/...``), which the editable
+install of the dev venv (``pip install -e .``) does not provide. ``package_prefix()`` therefore
+uses the prefix that already indexes the package (``colcon test``, a sourced install) or else
+runs ``colcon build --symlink-install`` of this checkout into a temp dir once per pytest process
+(about 2 s) and puts it in front of ``AMENT_PREFIX_PATH``. Its files are symlinks into the
+checkout, so the tests always run the working tree.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pls_perception.paths import PACKAGE_NAME, REPO_ROOT
+
+LAUNCH_TOOLS_MISSING = (
+    'the ROS 2 launch tools (launch_testing, launch_ros, ros2cli) are not installed: run '
+    'scripts/setup-venv.sh with ../shared/wheels/ros2-jazzy present, or source ROS 2 Jazzy')
+EXECUTABLES = ('perception_node', 'dvfs_manager', 'image_source', 'budget_schedule')
+# Waits, not speed claims: a cold ONNX cache exports every prebuilt graph at configure, and the
+# CI machine is shared (2 cores).
+CONFIGURE_TIMEOUT_S = 240.0
+# Bad-output markers: an ERROR/FATAL log line or a traceback from any launched process.
+BAD_OUTPUT = ('[ERROR]', '[FATAL]', 'Traceback (most recent call last)')
+
+
+def _indexed_prefix() -> Path | None:
+    """The prefix that already indexes this package with its executables, if any."""
+    try:
+        from ament_index_python.packages import get_package_prefix
+        prefix = Path(get_package_prefix(PACKAGE_NAME))
+    except Exception:  # noqa: BLE001 - not importable or not indexed: build one
+        return None
+    exes = [prefix / 'lib' / PACKAGE_NAME / name for name in EXECUTABLES]
+    return prefix if all(exe.is_file() for exe in exes) else None
+
+
+def colcon_executable() -> Path:
+    """The colcon of the test environment (requirements-test.txt), else the one on PATH."""
+    beside = Path(sys.executable).parent / 'colcon'
+    found = beside if beside.is_file() else shutil.which('colcon')
+    if found is None:
+        raise RuntimeError(f'colcon not found next to {sys.executable} or on PATH: '
+                           'pip install -r requirements-test.txt')
+    return Path(found)
+
+
+def colcon_build(base: Path, *extra: str, timeout_s: float = 240.0) -> Path:
+    """``colcon build`` this checkout into ``base`` (build/, install/, log/); the install dir."""
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    colcon = colcon_executable()
+    env['PATH'] = f'{colcon.parent}{os.pathsep}{env.get("PATH", "")}'
+    result = subprocess.run(
+        [str(colcon), '--log-base', str(base / 'log'), 'build', '--base-paths', str(REPO_ROOT),
+         '--build-base', str(base / 'build'), '--install-base', str(base / 'install'), *extra],
+        cwd=base, env=env, capture_output=True, text=True, timeout=timeout_s)
+    if result.returncode != 0:
+        raise RuntimeError(f'colcon build {" ".join(extra)} failed in {base}:\n'
+                           f'{result.stdout}{result.stderr}')
+    return base / 'install'
+
+
+@functools.cache
+def package_prefix() -> Path:
+    """An ament prefix with this package, first on ``AMENT_PREFIX_PATH`` of this process."""
+    existing = _indexed_prefix()
+    if existing is not None:
+        return existing
+    base = Path(tempfile.mkdtemp(prefix='pls_launch_prefix_'))
+    atexit.register(shutil.rmtree, base, True)
+    prefix = colcon_build(base, '--symlink-install') / PACKAGE_NAME
+    os.environ['AMENT_PREFIX_PATH'] = os.pathsep.join(
+        [str(prefix), *filter(None, os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep))])
+    return prefix
+
+
+def bad_output_lines(proc_output: Any) -> list[str]:
+    """Every line of the launched processes' output that holds an ERROR, FATAL or traceback."""
+    return [f'{io.process_name}: {line}' for io in proc_output
+            for line in io.text.decode(errors='replace').splitlines()
+            if any(marker in line for marker in BAD_OUTPUT)]
+
+
+def assert_clean_shutdown(proc_info: Any, proc_output: Any) -> None:
+    """Post-shutdown check: every process exited 0 (SIGINT is a normal stop) and logged no
+    ERROR/FATAL line or traceback, at shutdown or before."""
+    import launch_testing.asserts
+    launch_testing.asserts.assertExitCodes(proc_info, allowable_exit_codes=[0])
+    bad = bad_output_lines(proc_output)
+    assert not bad, 'launched processes logged errors:\n' + '\n'.join(bad)
+
+
+def launch_file(name: str) -> Path:
+    """``share/pls_perception/launch/<name>`` as ``ros2 launch`` finds it (the ament index)."""
+    from ament_index_python.packages import get_package_share_directory
+    package_prefix()
+    return Path(get_package_share_directory(PACKAGE_NAME)) / 'launch' / name
+
+
+def published_type(topic: str, timeout_s: float) -> type:
+    """The message class ``topic`` is published with, read from the ROS graph.
+
+    Lets a test read a topic whose type is not fixed here (the perception node's classification).
+    """
+    from rosidl_runtime_py.utilities import get_message
+
+    with probe_node('type_probe') as node:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            types = dict(node.get_topic_names_and_types()).get(topic)
+            if types:
+                return get_message(types[0])
+            time.sleep(0.2)
+    raise AssertionError(f'{topic} did not appear in the ROS graph within {timeout_s:g} s')
+
+
+@contextlib.contextmanager
+def probe_node(name: str) -> Iterator[Any]:
+    """A plain rclpy node in its own context (the test process has no global rclpy.init)."""
+    import rclpy
+    from rclpy.context import Context
+
+    context = Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node(f'launch_test_{name}_{os.getpid()}', context=context)
+    try:
+        yield node
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def spin_until(node: Any, done: Callable[[], bool], timeout_s: float) -> bool:
+    """Spin ``node`` until ``done()`` or the timeout; whether ``done()`` became true."""
+    from rclpy.executors import SingleThreadedExecutor
+
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not done() and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.2)
+        return done()
+    finally:
+        executor.shutdown()
