@@ -34,6 +34,8 @@ EXECUTABLES = ('perception_node', 'dvfs_manager', 'image_source', 'budget_schedu
 CONFIGURE_TIMEOUT_S = 240.0
 # Bad-output markers: an ERROR/FATAL log line or a traceback from any launched process.
 BAD_OUTPUT = ('[ERROR]', '[FATAL]', 'Traceback (most recent call last)')
+PERCEPTION_NODE = '/pls_perception_node'
+CLASSIFICATION = f'{PERCEPTION_NODE}/classification'
 
 
 def _indexed_prefix() -> Path | None:
@@ -116,42 +118,119 @@ def published_type(topic: str, timeout_s: float) -> type:
     """
     from rosidl_runtime_py.utilities import get_message
 
-    with probe_node('type_probe') as node:
+    with probe('type_probe') as graph:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            types = dict(node.get_topic_names_and_types()).get(topic)
+            types = dict(graph.node.get_topic_names_and_types()).get(topic)
             if types:
                 return get_message(types[0])
             time.sleep(0.2)
     raise AssertionError(f'{topic} did not appear in the ROS graph within {timeout_s:g} s')
 
 
-@contextlib.contextmanager
-def probe_node(name: str) -> Iterator[Any]:
-    """A plain rclpy node in its own context (the test process has no global rclpy.init)."""
-    import rclpy
-    from rclpy.context import Context
+class Probe:
+    """A plain rclpy node in its own context and executor, for a launch test to talk to the graph
+    (the test process has no global ``rclpy.init``)."""
 
-    context = Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node(f'launch_test_{name}_{os.getpid()}', context=context)
-    try:
-        yield node
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
+    def __init__(self, name: str) -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
 
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(f'launch_test_{name}_{os.getpid()}', context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
 
-def spin_until(node: Any, done: Callable[[], bool], timeout_s: float) -> bool:
-    """Spin ``node`` until ``done()`` or the timeout; whether ``done()`` became true."""
-    from rclpy.executors import SingleThreadedExecutor
-
-    executor = SingleThreadedExecutor(context=node.context)
-    executor.add_node(node)
-    try:
+    def spin_until(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        """Spin until ``done()`` or the timeout; whether ``done()`` became true."""
         deadline = time.monotonic() + timeout_s
         while not done() and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.2)
+            self.executor.spin_once(timeout_sec=0.2)
         return done()
+
+    def call(self, client: Any, request: Any, timeout_s: float) -> Any | None:
+        """The service's response, or None when it did not answer in time."""
+        if not client.wait_for_service(timeout_sec=timeout_s):
+            return None
+        future = client.call_async(request)
+        if self.spin_until(future.done, timeout_s):
+            return future.result()
+        client.remove_pending_request(future)
+        return None
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+@contextlib.contextmanager
+def probe(name: str) -> Iterator[Probe]:
+    """A ``Probe`` closed on exit."""
+    made = Probe(name)
+    try:
+        yield made
     finally:
-        executor.shutdown()
+        made.close()
+
+
+class LifecycleDriver:
+    """``get_state`` / ``change_state`` of one lifecycle node through its services."""
+
+    def __init__(self, graph: Probe, node_name: str) -> None:
+        from lifecycle_msgs.srv import ChangeState, GetState
+
+        self._graph = graph
+        self._get = graph.node.create_client(GetState, f'{node_name}/get_state')
+        self._change = graph.node.create_client(ChangeState, f'{node_name}/change_state')
+
+    def state(self, timeout_s: float = 5.0) -> str | None:
+        """The current state's label, or None when the node did not answer in time."""
+        from lifecycle_msgs.srv import GetState
+
+        response = self._graph.call(self._get, GetState.Request(), timeout_s)
+        return None if response is None else response.current_state.label
+
+    def wait_for(self, label: str, timeout_s: float) -> str | None:
+        """Poll until the node is in ``label`` or the timeout; the last label seen."""
+        seen: list[str | None] = [None]
+
+        def reached() -> bool:
+            seen[0] = self.state() or seen[0]
+            return seen[0] == label
+        deadline = time.monotonic() + timeout_s
+        while not reached() and time.monotonic() < deadline:
+            time.sleep(1.0)
+        return seen[0]
+
+    def request(self, transition_id: int) -> None:
+        """Ask for a transition without waiting (a cold configure takes minutes): poll
+        ``wait_for`` for its outcome."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+
+        assert self._change.wait_for_service(timeout_sec=30.0), 'no change_state service'
+        self._change.call_async(ChangeState.Request(transition=Transition(id=transition_id)))
+
+
+def image_source_node() -> Any:
+    """A launch_ros Node: 20 CIFAR-10 test images (found by the data search) looped at 5 Hz."""
+    from launch_ros.actions import Node
+
+    return Node(package=PACKAGE_NAME, executable='image_source', name='image_source',
+                output='screen', parameters=[{'per_class': 2, 'rate_hz': 5.0, 'loop': True}])
+
+
+def first_classification(timeout_s: float = CONFIGURE_TIMEOUT_S) -> str:
+    """The first message on the perception node's classification topic, as YAML text (whatever
+    its type: both the JSON String and vision_msgs/Classification carry ``class_id``)."""
+    from launch_testing_ros import WaitForTopics
+    from rosidl_runtime_py import message_to_yaml
+
+    msg_type = published_type(CLASSIFICATION, timeout_s)
+    with WaitForTopics([(CLASSIFICATION, msg_type)], timeout=timeout_s) as wait:
+        return message_to_yaml(wait.received_messages(CLASSIFICATION)[0])
