@@ -15,6 +15,7 @@ import contextlib
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -234,3 +235,57 @@ def first_classification(timeout_s: float = CONFIGURE_TIMEOUT_S) -> str:
     msg_type = published_type(CLASSIFICATION, timeout_s)
     with WaitForTopics([(CLASSIFICATION, msg_type)], timeout=timeout_s) as wait:
         return message_to_yaml(wait.received_messages(CLASSIFICATION)[0])
+
+
+def ros2_executable() -> Path | None:
+    """The ``ros2`` CLI of the test environment, else the one on PATH; None if absent."""
+    beside = Path(sys.executable).parent / 'ros2'
+    found = beside if beside.is_file() else shutil.which('ros2')
+    return None if found is None else Path(found)
+
+
+class RosLaunch:
+    """``ros2 launch <args>`` in the background with its output in ``log``; stopped by SIGINT
+    as Ctrl-C would (``with`` stops it on the way out, also when a test fails)."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        ros2 = ros2_executable()
+        assert ros2 is not None, LAUNCH_TOOLS_MISSING
+        self.log = log
+        self._file = open(log, 'wb')
+        # its own session: if it hangs, the whole launched graph can be killed by group
+        self.process = subprocess.Popen([str(ros2), 'launch', *args], stdout=self._file,
+                                        stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+
+    def __enter__(self) -> RosLaunch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def output(self) -> str:
+        return self.log.read_text(errors='replace')
+
+    def wait_for_output(self, text: str, timeout_s: float) -> None:
+        """Until ``text`` is in the output; AssertionError with the output's tail otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while text not in self.output():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                tail = '\n'.join(self.output().splitlines()[-30:])
+                raise AssertionError(f'no {text!r} from ros2 launch (exit code '
+                                     f'{self.process.poll()}) within {timeout_s:g} s:\n{tail}')
+            time.sleep(0.5)
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGINT, then wait; the exit code. Kills the group if it does not stop in time."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            raise AssertionError(f'ros2 launch did not stop within {timeout_s:g} s of SIGINT')
+        finally:
+            self._file.close()
