@@ -60,17 +60,23 @@ def colcon_executable() -> Path:
     return Path(found)
 
 
-def colcon_build(base: Path, *extra: str, timeout_s: float = 240.0) -> Path:
-    """``colcon build`` this checkout into ``base`` (build/, install/, log/); the install dir."""
+def colcon(base: Path, verb: str, *args: str,
+           timeout_s: float = 240.0) -> subprocess.CompletedProcess:
+    """``colcon <verb>`` on this checkout with build/, install/ and log/ under ``base``."""
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-    colcon = colcon_executable()
-    env['PATH'] = f'{colcon.parent}{os.pathsep}{env.get("PATH", "")}'
-    result = subprocess.run(
-        [str(colcon), '--log-base', str(base / 'log'), 'build', '--base-paths', str(REPO_ROOT),
-         '--build-base', str(base / 'build'), '--install-base', str(base / 'install'), *extra],
+    exe = colcon_executable()
+    env['PATH'] = f'{exe.parent}{os.pathsep}{env.get("PATH", "")}'
+    return subprocess.run(
+        [str(exe), '--log-base', str(base / 'log'), verb, '--base-paths', str(REPO_ROOT),
+         '--build-base', str(base / 'build'), '--install-base', str(base / 'install'), *args],
         cwd=base, env=env, capture_output=True, text=True, timeout=timeout_s)
+
+
+def colcon_build(base: Path, *args: str) -> Path:
+    """``colcon build`` this checkout into ``base``; the install dir."""
+    result = colcon(base, 'build', *args)
     if result.returncode != 0:
-        raise RuntimeError(f'colcon build {" ".join(extra)} failed in {base}:\n'
+        raise RuntimeError(f'colcon build {" ".join(args)} failed in {base}:\n'
                            f'{result.stdout}{result.stderr}')
     return base / 'install'
 
