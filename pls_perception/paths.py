@@ -4,12 +4,13 @@ The share dir comes from the ament index when the package is installed by colcon
 AMENT_PREFIX_PATH set); a source checkout falls back to the repo root so tools work uninstalled.
 
 Shared data (the reference weights ``models/resnet152_cifar10_ref.pt`` and the CIFAR-10 tarball
-``data/cifar10/cifar10-jpg.tar.gz``) is searched, first hit wins, in:
+``data/cifar10/cifar10-jpg.tar.gz``) is looked for, first hit wins, in:
 
-1. ``$PLS_SHARED_DIR``;
-2. ``../shared`` next to the source checkout (editable and ``--symlink-install`` installs);
-3. the installed ``share/pls_perception`` (from the ament index);
-4. the user data dir ``$XDG_DATA_HOME/pls_perception`` (default ``~/.local/share/...``).
+1. ``$PLS_SHARED_DIR`` when it is set, and then nowhere else (an explicit choice, like a path
+   parameter; tests point it at an empty dir to hide the data);
+2. otherwise ``../shared`` next to the source checkout (editable and ``--symlink-install``
+   installs), the installed ``share/pls_perception`` (from the ament index), then the user data
+   dir ``$XDG_DATA_HOME/pls_perception`` (default ``~/.local/share/pls_perception``).
 
 Each holds the same layout (``models/...``, ``data/cifar10/...``). An explicit path (a node
 parameter, a command-line option) always wins over the search; when the search finds nothing
@@ -28,8 +29,8 @@ SHARED_DIR_ENV = 'PLS_SHARED_DIR'
 REFERENCE_WEIGHTS = Path('models') / 'resnet152_cifar10_ref.pt'
 CIFAR10_TAR = Path('data') / 'cifar10' / 'cifar10-jpg.tar.gz'
 # The search in one phrase, for launch-argument and CLI help.
-DATA_SEARCH_HELP = (f'searched in ${SHARED_DIR_ENV}, ../shared next to a source checkout, the '
-                    f'installed share/{PACKAGE_NAME}, then ~/.local/share/{PACKAGE_NAME}')
+DATA_SEARCH_HELP = (f'in ${SHARED_DIR_ENV} if set, else searched in ../shared next to a source '
+                    f'checkout, the installed share/{PACKAGE_NAME}, ~/.local/share/{PACKAGE_NAME}')
 WEIGHTS_ARG_HELP = (f"state_dict path | imagenet | random; '' = the reference weights "
                     f'{DATA_SEARCH_HELP} (configure fails naming them if absent)')
 
@@ -80,10 +81,10 @@ def user_data_dir() -> Path:
 
 def data_search_path() -> list[tuple[Path, str]]:
     """The directories searched for shared data, in order, each with why it is searched."""
-    found: list[tuple[Path, str]] = []
     env = os.environ.get(SHARED_DIR_ENV)
     if env:
-        found.append((Path(env), f'${SHARED_DIR_ENV}'))
+        return [(Path(env), f'${SHARED_DIR_ENV}')]
+    found: list[tuple[Path, str]] = []
     if _is_source_checkout():
         found.append((REPO_ROOT.parent / 'shared', 'source checkout'))
     installed = _installed_share_dir()
@@ -105,10 +106,11 @@ def find_data(relative: Path, what: str,
     if hit is not None:
         return hit
     looked = ', '.join(f'{d} ({why})' for d, why in searched)
-    unset = '' if os.environ.get(SHARED_DIR_ENV) else f' (${SHARED_DIR_ENV} is unset)'
-    raise error(f'{what} not found: looked for {relative} in {looked}{unset}; set '
-                f'{SHARED_DIR_ENV} to a folder holding {relative}, put it under '
-                f'{user_data_dir()}, or give its path explicitly')
+    where = (f'point {SHARED_DIR_ENV} at a dir with {relative} (or unset it to search the '
+             'defaults)' if os.environ.get(SHARED_DIR_ENV) else
+             f'export {SHARED_DIR_ENV}=<dir with {relative}>, put it under {user_data_dir()}')
+    raise error(f'{what} not found: looked for {relative} in {looked}; {where}, or give its '
+                'path explicitly')
 
 
 def find_reference_weights() -> Path:
