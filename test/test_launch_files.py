@@ -1,7 +1,8 @@
 """Launch files without launch_ros: they compile, name real executables and real config files.
 
-launch/launch_ros are not installable from PyPI, so this checks what can be checked statically;
-test_launch_demo.py runs demo.launch.py for real wherever launch_testing exists.
+This runs in every environment, also without the ROS 2 launch tools; the launch_testing tests
+(test_launch_demo.py, test_launch_perception_*.py, test_launch_dvfs_manager.py) and the ros2 CLI
+journey (test_launch_ros2_cli.py) run the files for real wherever those tools are installed.
 """
 from __future__ import annotations
 
