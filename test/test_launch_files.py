@@ -65,12 +65,13 @@ def test_nodes_are_package_executables_with_their_names(path: Path) -> None:
         assert [_kwargs(c)['namespace'] for c in _calls(path, 'LifecycleNode')] == ['']
 
 
-def test_perception_launch_drives_the_lifecycle_with_launch_events() -> None:
+def test_perception_launch_autostart_is_the_nodes_own_parameter() -> None:
+    # the node configures and activates itself: no change_state requests from the launch process
     path = LAUNCH_DIR / 'perception.launch.py'
-    text = path.read_text()
-    assert 'TRANSITION_CONFIGURE' in text and 'TRANSITION_ACTIVATE' in text
-    (handler,) = _calls(path, 'OnStateTransition')
-    assert _kwargs(handler) == {'start_state': 'configuring', 'goal_state': 'inactive'}
+    (node,) = _calls(path, 'LifecycleNode')
+    parameters = ast.unparse(next(k.value for k in node.keywords if k.arg == 'parameters'))
+    assert "'autostart': LaunchConfiguration('autostart')" in parameters
+    assert not _calls(path, 'EmitEvent') and not _calls(path, 'OnStateTransition')
 
 
 def test_demo_launch_arguments_and_included_files() -> None:
