@@ -95,11 +95,9 @@ def package_prefix() -> Path:
     return prefix
 
 
-def bad_output_lines(proc_output: Any) -> list[str]:
-    """Every line of the launched processes' output that holds an ERROR, FATAL or traceback."""
-    return [f'{io.process_name}: {line}' for io in proc_output
-            for line in io.text.decode(errors='replace').splitlines()
-            if any(marker in line for marker in BAD_OUTPUT)]
+def bad_lines(text: str) -> list[str]:
+    """The lines of ``text`` holding an ERROR or FATAL log line or a traceback."""
+    return [line for line in text.splitlines() if any(marker in line for marker in BAD_OUTPUT)]
 
 
 def assert_clean_shutdown(proc_info: Any, proc_output: Any) -> None:
@@ -107,7 +105,8 @@ def assert_clean_shutdown(proc_info: Any, proc_output: Any) -> None:
     ERROR/FATAL line or traceback, at shutdown or before."""
     import launch_testing.asserts
     launch_testing.asserts.assertExitCodes(proc_info, allowable_exit_codes=[0])
-    bad = bad_output_lines(proc_output)
+    bad = [f'{io.process_name}: {line}' for io in proc_output
+           for line in bad_lines(io.text.decode(errors='replace'))]
     assert not bad, 'launched processes logged errors:\n' + '\n'.join(bad)
 
 

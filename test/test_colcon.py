@@ -172,6 +172,7 @@ def test_perception_launch_from_install_classifies(install: Path, tmp_path: Path
             assert 'class_id' in echo.stdout, echo
             assert run.stop() == 0, run.output()
         assert f'configured: {weights}' in run.output()
+        assert not launch_support.bad_lines(run.output()), run.output()
     finally:
         subprocess.run([str(launch_support.ros2_executable()), 'daemon', 'stop'], env=env,
                        capture_output=True, timeout=60)

@@ -100,8 +100,7 @@ def test_documented_commands_drive_the_demo(demo: launch_support.RosLaunch) -> N
     output = demo.output()
     started = output.count('process started with pid')
     assert started == 3 and output.count('process has finished cleanly') == started, output
-    assert not [line for line in output.splitlines()
-                if any(marker in line for marker in launch_support.BAD_OUTPUT)], output
+    assert not launch_support.bad_lines(output), output
 
 
 def test_ros2_finds_the_package_executables() -> None:

@@ -41,9 +41,9 @@ def layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
 
 
 def test_search_order_without_the_env_var(layout: dict[str, Path]) -> None:
-    assert paths.data_search_path() == [(layout['checkout'], 'source checkout'),
-                                         (layout['installed'], 'installed share'),
-                                         (layout['user'], 'user data dir')]
+    assert paths.data_search_path() == [
+        (layout['checkout'], 'source checkout'), (layout['installed'], 'installed share'),
+        (layout['user'], 'user data dir')]
     user = _put(layout['user'])
     assert paths.find_reference_weights() == user == paths.reference_weights()
     installed = _put(layout['installed'])
