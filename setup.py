@@ -1,9 +1,21 @@
 """ament_python package: energy-aware image classification under a latency budget."""
-from glob import glob
+import os
 
 from setuptools import find_packages, setup
 
 package_name = 'pls_perception'
+
+
+def tree(folder):
+    """data_files entries installing every file under ``folder`` to share/<package>/<folder>."""
+    entries = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d != '__pycache__')
+        if files:
+            entries.append((os.path.join('share', package_name, root),
+                            sorted(os.path.join(root, f) for f in files)))
+    return entries
+
 
 setup(
     name=package_name,
@@ -12,9 +24,8 @@ setup(
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
-        ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
-        ('share/' + package_name + '/config', glob('config/*.yaml')),
-        ('share/' + package_name + '/config/profiles', glob('config/profiles/*.yaml')),
+        *tree('launch'),
+        *tree('config'),
     ],
     install_requires=['setuptools'],
     zip_safe=True,

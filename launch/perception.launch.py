@@ -2,38 +2,41 @@
 
     ros2 launch pls_perception perception.launch.py weights:=/path/to/resnet152.pt
 
-With autostart:=true (default) launch events drive it to active (configure, then activate once
-it is inactive); with autostart:=false it stays unconfigured for a lifecycle manager to drive.
-Parameters come from config/perception.yaml, then the launch arguments below override them.
+With autostart:=true (default) the node drives itself to active (its ``autostart`` parameter:
+configure, then activate, in its own process); with autostart:=false it stays unconfigured for a
+lifecycle manager to drive (``ros2 lifecycle set``, or launch_ros ``ChangeState`` events: it is a
+``LifecycleNode``). Launch events are not used for autostart: launch_ros sends them through the
+node's ``change_state`` service from the launch process; a request sent as soon as the service
+is discovered can be lost (the node then stays unconfigured for good), and Ctrl-C while one is
+pending makes ``ros2 launch`` exit 1 with a traceback.
+Without ``weights`` the node searches for the reference weights (``pls_perception.paths``);
+random weights only with ``weights:=random``. Parameters come from config/perception.yaml, then
+the launch arguments below override them.
 """
 from __future__ import annotations
 
-import lifecycle_msgs.msg
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
-from launch.conditions import IfCondition
-from launch.events import matches_action
+from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
-from launch_ros.event_handlers import OnStateTransition
-from launch_ros.events.lifecycle import ChangeState
 
 from pls_perception import paths
 
 
 def generate_launch_description() -> LaunchDescription:
-    weights = paths.reference_weights()
     args = [
-        DeclareLaunchArgument('weights', default_value=str(weights) if weights.is_file()
-                              else 'random', description='state_dict path | imagenet | random'),
+        DeclareLaunchArgument('weights', default_value='', description=paths.WEIGHTS_ARG_HELP),
         DeclareLaunchArgument('device', default_value='cpu', description='cpu | cuda'),
         DeclareLaunchArgument('dvfs_backend', default_value='simulated',
                               description='auto | cpufreq | nvidia | jetson | simulated'),
+        DeclareLaunchArgument('dvfs_emulation', default_value='stretch',
+                              description="simulated backend: stretch | profile (emulate the "
+                                          "energy_profile's device latency)"),
         DeclareLaunchArgument('params_file', default_value=str(paths.config_dir() /
                                                                'perception.yaml'),
                               description='perception node parameters YAML'),
         DeclareLaunchArgument('autostart', default_value='true',
-                              description='drive the lifecycle node to active'),
+                              description='the node configures and activates itself'),
         DeclareLaunchArgument('log_level', default_value='info'),
     ]
     node = LifecycleNode(
@@ -42,16 +45,8 @@ def generate_launch_description() -> LaunchDescription:
         parameters=[LaunchConfiguration('params_file'), {
             'weights': LaunchConfiguration('weights'),
             'device': LaunchConfiguration('device'),
-            'dvfs_backend': LaunchConfiguration('dvfs_backend')}],
+            'dvfs_backend': LaunchConfiguration('dvfs_backend'),
+            'dvfs_emulation': LaunchConfiguration('dvfs_emulation'),
+            'autostart': LaunchConfiguration('autostart')}],
         ros_arguments=['--log-level', LaunchConfiguration('log_level')])
-    autostart = IfCondition(LaunchConfiguration('autostart'))
-    configure = EmitEvent(condition=autostart, event=ChangeState(
-        lifecycle_node_matcher=matches_action(node),
-        transition_id=lifecycle_msgs.msg.Transition.TRANSITION_CONFIGURE))
-    activate_when_inactive = RegisterEventHandler(condition=autostart,
-                                                  event_handler=OnStateTransition(
-        target_lifecycle_node=node, start_state='configuring', goal_state='inactive',
-        entities=[EmitEvent(event=ChangeState(
-            lifecycle_node_matcher=matches_action(node),
-            transition_id=lifecycle_msgs.msg.Transition.TRANSITION_ACTIVATE))]))
-    return LaunchDescription([*args, node, activate_when_inactive, configure])
+    return LaunchDescription([*args, node])

@@ -5,13 +5,14 @@ tools and the tests need a source whose timing and stamps they control. This nod
 ``image`` from a folder, an image tar (e.g. the shared CIFAR-10 split) or a rosbag2 image topic,
 at a fixed rate or at the recorded timing scaled by a multiplier, optionally looping.
 
-Parameters: ``source`` (folder | tar | 'cifar10' | rosbag2 dir), ``split``, ``limit`` and
-``per_class`` (0 = all), ``bag_topic`` ('' = the bag's only image topic), ``rate_hz`` (0 =
-recorded timing, bags only), ``rate_multiplier``, ``loop``, ``frame_id`` ('' = recorded, else
-'camera'), ``encoding`` ('' = recorded, else rgb8), ``stamp`` ('auto' | 'now' | 'recorded';
-auto keeps a bag's header stamps so a replay can be scored against its ground truth),
-``wait_for_subscribers`` (publish only once that many subscribers matched), ``wait_timeout_s``,
-``start_delay_s``, ``qos_depth``, ``progress`` (tqdm bar).
+Parameters: ``source`` (folder | tar | rosbag2 dir | 'cifar10' = the CIFAR-10 tarball found by
+``paths.find_cifar10_tar``), ``split``, ``limit`` and ``per_class`` (0 = all), ``bag_topic``
+('' = the bag's only image topic), ``rate_hz`` (0 = recorded timing, bags only),
+``rate_multiplier``, ``loop``, ``frame_id`` ('' = recorded, else 'camera'), ``encoding`` ('' =
+recorded, else rgb8), ``stamp`` ('auto' | 'now' | 'recorded'; auto keeps a bag's header stamps so
+a replay can be scored against its ground truth), ``wait_for_subscribers`` (publish only once
+that many subscribers matched), ``wait_timeout_s``, ``start_delay_s``, ``qos_depth``,
+``progress`` (tqdm bar).
 """
 from __future__ import annotations
 
@@ -23,10 +24,12 @@ from collections.abc import Sequence
 from builtin_interfaces.msg import Time
 import rclpy
 from rclpy.duration import Duration
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
+from pls_perception import paths
 from pls_perception.bags import (NS_PER_S, FrameSource, ImageFrame, check_rates,
                                  publish_offset_ns)
 from pls_perception.errors import PlsError
@@ -55,7 +58,8 @@ class ImageSourceNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__('image_source', **kwargs)
         p = self.declare_parameter
-        self.source_path = p('source', 'cifar10').value
+        source = p('source', 'cifar10').value
+        self.source_path = str(paths.find_cifar10_tar()) if source == 'cifar10' else source
         split = p('split', 'test').value
         limit = p('limit', 0).value
         per_class = p('per_class', 0).value
@@ -143,6 +147,8 @@ class ImageSourceNode(Node):
             if not self.publisher.wait_for_all_acked(Duration(seconds=self.wait_timeout_s)):
                 self.get_logger().warning('not every subscriber acknowledged every frame')
         except Exception as e:  # noqa: BLE001 - reported by main() / the owner of the node
+            if not self.context.ok():
+                return  # Ctrl-C invalidated the context mid-publish: a normal stop
             self._error = e
             self.get_logger().error(f'image source failed: {e}')
         finally:
@@ -186,8 +192,8 @@ def main(args: Sequence[str] | None = None) -> int:
             return 1
         node.get_logger().info(f'published {node.published} frames')
         return 0
-    except KeyboardInterrupt:
-        return 130
+    except (KeyboardInterrupt, ExternalShutdownException):
+        return 0  # Ctrl-C, or ros2 launch stopping a looping source with SIGINT
     except (PlsError, ValueError, OSError) as e:
         print(f'image_source: {e}', file=sys.stderr)
         return 2
@@ -195,8 +201,7 @@ def main(args: Sequence[str] | None = None) -> int:
         if node is not None:
             node.stop()
             node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        rclpy.try_shutdown()
 
 
 if __name__ == '__main__':

@@ -503,9 +503,8 @@ class PerceptionNode(LifecycleNode):
         except WeightsError as e:
             self.get_logger().error(
                 f'configure failed: {e}. Set the weights parameter to a ResNet state_dict '
-                f"path ('ros2 param set {self.get_fully_qualified_name()} weights <path>'; "
-                f'default: {paths.reference_weights()}), or fix bn_recalibration, and '
-                'configure again')
+                f"path ('ros2 param set {self.get_fully_qualified_name()} weights <path>'), "
+                'or fix bn_recalibration, and configure again')
             return TransitionCallbackReturn.FAILURE
         except BackendError as e:
             self.get_logger().error(
@@ -531,12 +530,8 @@ class PerceptionNode(LifecycleNode):
 
     def _build_pipeline(self) -> FramePipeline:
         """Load weights, build the engine, open the backend, warm up. Raises PlsError."""
-        weights = self._param('weights')
-        if not weights:
-            weights = str(paths.reference_weights())
-            if not paths.reference_weights().is_file():
-                raise WeightsError(f'no weights parameter given and the reference weights '
-                                   f'{weights} do not exist')
+        # '' = search the data dirs for the reference weights (paths.py); random only if asked
+        weights = self._param('weights') or str(paths.find_reference_weights())
         device = self._param('device')
         if device.startswith('cuda') and not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: no CUDA device here; use device 'cpu'")

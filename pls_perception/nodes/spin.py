@@ -1,4 +1,4 @@
-"""The shared ``main()`` body of the plain (non-lifecycle) nodes: start, spin, shut down cleanly."""
+"""The shared ``main()`` of the plain (non-lifecycle) nodes: start, spin, shut down cleanly."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -27,6 +27,7 @@ def spin_node(make_node: Callable[[], Node], node_name: str, args: list[str] | N
     one fatal line, followed by ``hint`` saying what to do, instead of a traceback.
     """
     rclpy.init(args=args)
+    node: Node | None = None
     try:
         try:
             node = make_node()
@@ -35,12 +36,11 @@ def spin_node(make_node: Callable[[], Node], node_name: str, args: list[str] | N
             return 1
         executor = make_executor()
         executor.add_node(node)
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        finally:
-            node.destroy_node()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass  # Ctrl-C (also while starting) or ros2 launch's SIGINT: a normal stop, exit 0
     finally:
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()
     return 0
