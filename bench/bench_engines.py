@@ -33,8 +33,8 @@ from _results import RESULTS_DIR, machine_info, metric, print_metrics, write_res
 from pls_perception import paths  # noqa: E402
 from pls_perception.engines import TorchEngine  # noqa: E402
 from pls_perception.engines.onnxruntime_engine import OnnxRuntimeEngine  # noqa: E402
-from pls_perception.skipping import physically_pruned_copy  # noqa: E402
-from pls_perception.weights import LoadedModel, load_model  # noqa: E402
+from pls_perception.skipping.network import physically_pruned_copy  # noqa: E402
+from pls_perception.skipping.weights import LoadedModel, load_model  # noqa: E402
 
 NAME = 'bench_engines'
 DEFAULT_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
@@ -97,7 +97,7 @@ def _switch_us(engine: OnnxRuntimeEngine, ratios: list[float], repeats: int = 20
 def _agreement(loaded: LoadedModel, engine: OnnxRuntimeEngine, ratios: list[float],
                n_images: int, batch_size: int = 100) -> dict[str, dict[str, float]]:
     """Top-1 agreement and max |logit difference| between onnxruntime and torch eager."""
-    from pls_perception.datasets import load_cifar10
+    from pls_perception.io.datasets import load_cifar10
     images, labels, _ = load_cifar10(limit=n_images if n_images < 10000 else None)
     eager = TorchEngine(loaded.model)
     out: dict[str, dict[str, float]] = {}

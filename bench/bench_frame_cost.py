@@ -72,8 +72,8 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
 
     from PIL import Image
 
-    from pls_perception.image_conversion import compressed_to_rgb, image_to_rgb
-    from pls_perception.preprocessing import CIFAR10_PREPROCESSING, IMAGENET_PREPROCESSING
+    from pls_perception.io.image_conversion import compressed_to_rgb, image_to_rgb
+    from pls_perception.skipping.preprocessing import CIFAR10_PREPROCESSING, IMAGENET_PREPROCESSING
 
     prep = {'cifar10': CIFAR10_PREPROCESSING, 'imagenet': IMAGENET_PREPROCESSING}[case['prep']]
     height, width = case['height'], case['width']
@@ -130,7 +130,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(json.loads(args.child))))
         return
-    from pls_perception.image_conversion import DEFAULT_MAX_PIXELS
+    from pls_perception.io.image_conversion import DEFAULT_MAX_PIXELS
     assert SIZES['largest accepted'][0] * SIZES['largest accepted'][1] == DEFAULT_MAX_PIXELS
 
     rows, metrics = [], []

@@ -19,7 +19,7 @@ from _results import median_time_us, metric, print_metrics, write_result
 from tqdm import tqdm
 
 from pls_perception.engines import make_engine
-from pls_perception.weights import load_model
+from pls_perception.skipping.weights import load_model
 
 NAME = 'bench_gil_contention'
 

@@ -15,9 +15,9 @@ import time
 import numpy as np
 from _results import metric, print_metrics, write_result
 
-from pls_perception.optimizer import OperatingPointSelector, solve
-from pls_perception.power_model import TwoZonePowerModel
-from pls_perception.profiles import OperatingPointProfile, scale_latency
+from pls_perception.operating_points.optimizer import OperatingPointSelector, solve
+from pls_perception.operating_points.power_model import TwoZonePowerModel
+from pls_perception.operating_points.profiles import OperatingPointProfile, scale_latency
 
 NAME = 'bench_optimizer'
 

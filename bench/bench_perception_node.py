@@ -43,8 +43,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from pls_perception.datasets import load_cifar10  # noqa: E402
-from pls_perception.image_conversion import image_to_rgb  # noqa: E402
+from pls_perception.io.datasets import load_cifar10  # noqa: E402
+from pls_perception.io.image_conversion import image_to_rgb  # noqa: E402
 from pls_perception.nodes.perception_node import PerceptionNode  # noqa: E402
 
 

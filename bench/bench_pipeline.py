@@ -54,22 +54,21 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import (RESULTS_DIR, machine_info, metric, print_metrics,  # noqa: E402
-                      write_result)
+from _results import RESULTS_DIR, machine_info, metric, print_metrics, write_result  # noqa: E402
 
 from pls_perception import paths  # noqa: E402
-from pls_perception.budget_schedule import BudgetSchedule  # noqa: E402
-from pls_perception.complexity import count_macs  # noqa: E402
-from pls_perception.datasets import load_cifar10  # noqa: E402
 from pls_perception.engines import (ENGINE_NAMES, InferenceEngine, make_engine,  # noqa: E402
                                     resolve_engine_name)
-from pls_perception.nodes.graph_probe import (MANAGER_MODULE, PERCEPTION_MODULE,  # noqa: E402
-                                              PipelineProbe, probe_session, running_node,
-                                              stamp_ns_of)
-from pls_perception.optimizer import solve  # noqa: E402
-from pls_perception.profiles import (OperatingPointProfile, load_profile,  # noqa: E402
-                                     profile_from_dict, save_profile)
-from pls_perception.weights import LoadedModel, load_model  # noqa: E402
+from pls_perception.io.datasets import load_cifar10  # noqa: E402
+from pls_perception.operating_points.budget_schedule import BudgetSchedule  # noqa: E402
+from pls_perception.operating_points.optimizer import solve  # noqa: E402
+from pls_perception.operating_points.profiles import OperatingPointProfile  # noqa: E402
+from pls_perception.operating_points.profiles import load_profile, profile_from_dict, save_profile
+from pls_perception.skipping.complexity import count_macs  # noqa: E402
+from pls_perception.skipping.weights import LoadedModel, load_model  # noqa: E402
+from pls_perception.testing.graph_probe import (MANAGER_MODULE, PERCEPTION_MODULE,  # noqa: E402
+                                                PipelineProbe, probe_session, running_node,
+                                                stamp_ns_of)
 
 NAME = 'bench_pipeline'
 CURVE_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)

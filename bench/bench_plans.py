@@ -22,9 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine_info, metric, write_result  # noqa: E402
 
 from pls_perception import paths  # noqa: E402
-from pls_perception.complexity import count_macs  # noqa: E402
-from pls_perception.skip_plans import PlanPolicy, load_plan  # noqa: E402
-from pls_perception.skipping import ProportionalPolicy, SkippableResNet, SkipPolicy  # noqa: E402
+from pls_perception.skipping.complexity import count_macs  # noqa: E402
+from pls_perception.skipping.network import (ProportionalPolicy, SkippableResNet,  # noqa: E402
+                                             SkipPolicy)
+from pls_perception.skipping.plans import PlanPolicy, load_plan  # noqa: E402
 
 NAME = 'bench_plans'
 RATIOS = (1.0, 0.9, 0.8, 0.7, 0.5, 0.3, 0.1)

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import RESULTS_DIR, machine_info, metric, write_result  # noqa: E402
 
 from pls_perception import paths  # noqa: E402
-from pls_perception.complexity import count_macs, count_parameters  # noqa: E402
-from pls_perception.skipping import SkippableResNet, physically_pruned_copy  # noqa: E402
-from pls_perception.weights import load_model  # noqa: E402
+from pls_perception.skipping.complexity import count_macs, count_parameters  # noqa: E402
+from pls_perception.skipping.network import SkippableResNet, physically_pruned_copy  # noqa: E402
+from pls_perception.skipping.weights import load_model  # noqa: E402
 
 NAME = 'bench_pls'
 DEFAULT_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)

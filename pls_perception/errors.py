@@ -52,3 +52,8 @@ def clip(text: str, limit: int = CLIP_CHARS) -> str:
     if len(text) <= limit:
         return text
     return f'{text[:limit]}... ({len(text) - limit} more characters)'
+
+
+def shown(value: object) -> str:
+    """A value from a file as an error message shows it: its repr, clipped."""
+    return clip(repr(value))

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pls_perception import bags, paths
+from pls_perception import paths
+from pls_perception.io import bag_report, bags
 from pls_perception.tools import bag_cli
 
 pytestmark = [
@@ -33,7 +34,7 @@ pytestmark = [
                        reason='needs ../shared (CIFAR-10 tar and reference weights)'),
 ]
 
-graph_probe = pytest.importorskip('pls_perception.nodes.graph_probe')
+graph_probe = pytest.importorskip('pls_perception.testing.graph_probe')
 
 PER_CLASS = 50                       # 500 frames
 BUDGET_HI_MS, BUDGET_LO_MS = 100.0, 50.0
@@ -52,7 +53,7 @@ def _offline_labels(bag: Path, rows: list[dict]) -> dict[int, int]:
     import torch
 
     from pls_perception.engines import make_engine
-    from pls_perception.weights import load_model
+    from pls_perception.skipping.weights import load_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -108,8 +109,8 @@ def check_replay(record: Path, bag: Path, out: Path) -> None:
     truth = bags.read_labels(bag)
     assert bag_cli.main(['report', str(record), str(bag), '--output-dir', str(out)]) == 0
     assert (out / 'report.png').stat().st_size > 1000
-    recording = bags.read_recording(record)
-    report = bags.compute_report(recording, truth)
+    recording = bag_report.read_recording(record)
+    report = bag_report.compute_report(recording, truth)
     assert report == {**json.loads((out / 'report.json').read_text()),
                       'frames': report['frames']}
     rows = report['frames']

@@ -1,4 +1,4 @@
-"""pls_perception.bags: real rosbag2 files written and read back, broken bags, reports."""
+"""pls_perception.io.bags: real rosbag2 files written and read back, broken bags, reports."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pls_perception import bags, paths
+from pls_perception import paths
 from pls_perception.errors import BagError
+from pls_perception.io import bag_report, bags, replay
 
 RNG = np.random.default_rng(7)
 IMAGES = RNG.integers(0, 256, (12, 6, 5, 3), dtype=np.uint8)
@@ -134,9 +135,9 @@ def test_message_count_mismatch_is_truncation(image_bag: Path, tmp_path: Path) -
 
 
 def test_frame_source_bag_keeps_fields_or_recodes(image_bag: Path) -> None:
-    kept = list(bags.FrameSource(image_bag).frames())
+    kept = list(replay.FrameSource(image_bag).frames())
     assert [f.stamp_ns for f in kept] == list(bags.read_labels(image_bag).stamps_ns)
-    recoded = list(bags.FrameSource(image_bag, encoding='bgr8', frame_id='x', limit=5).frames())
+    recoded = list(replay.FrameSource(image_bag, encoding='bgr8', frame_id='x', limit=5).frames())
     assert len(recoded) == 5
     assert {(f.encoding, f.frame_id) for f in recoded} == {('bgr8', 'x')}
     assert all(np.array_equal(a.rgb(), b.rgb()) for a, b in zip(kept, recoded))
@@ -148,7 +149,7 @@ def test_frame_source_folder(tmp_path: Path) -> None:
     for i, image in enumerate(IMAGES[:4]):
         (tmp_path / 'imgs' / CLASSES[i % 2]).mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(tmp_path / 'imgs' / CLASSES[i % 2] / f'{i}.png')
-    source = bags.FrameSource(tmp_path / 'imgs')
+    source = replay.FrameSource(tmp_path / 'imgs')
     frames = list(source.frames())
     assert (source.is_bag, source.count) == (False, 4)
     assert [f.index for f in frames] == [0, 1, 2, 3]
@@ -160,13 +161,13 @@ def test_frame_source_folder(tmp_path: Path) -> None:
 
 
 def test_publish_offsets() -> None:
-    assert bags.publish_offset_ns(3, 999, 0, rate_hz=10.0) == 300_000_000
-    assert bags.publish_offset_ns(3, 5_000, 1_000, rate_hz=0.0) == 4_000
-    assert bags.publish_offset_ns(3, 5_000, 1_000, rate_hz=0.0, rate_multiplier=2.0) == 2_000
+    assert replay.publish_offset_ns(3, 999, 0, rate_hz=10.0) == 300_000_000
+    assert replay.publish_offset_ns(3, 5_000, 1_000, rate_hz=0.0) == 4_000
+    assert replay.publish_offset_ns(3, 5_000, 1_000, rate_hz=0.0, rate_multiplier=2.0) == 2_000
     with pytest.raises(ValueError, match='rate_multiplier'):
-        bags.publish_offset_ns(0, 0, 0, 0.0, rate_multiplier=0.0)
+        replay.publish_offset_ns(0, 0, 0, 0.0, rate_multiplier=0.0)
     with pytest.raises(ValueError, match='rate_hz'):
-        bags.publish_offset_ns(0, 0, 0, -1.0)
+        replay.publish_offset_ns(0, 0, 0, -1.0)
 
 
 def _recording(tmp_path: Path, truth: bags.GroundTruth, predictions: dict[int, int],
@@ -196,9 +197,9 @@ def test_report(tmp_path: Path) -> None:
     predictions = {s: (label if s != 103 else 2) for s, label in
                    zip(truth.stamps_ns, truth.labels) if s not in dropped}
     latencies = {s: float(s - 100) * 5.0 for s in truth.stamps_ns}
-    recording = bags.read_recording(_recording(tmp_path, truth, predictions, latencies))
+    recording = bag_report.read_recording(_recording(tmp_path, truth, predictions, latencies))
     assert len(recording.classifications) == 8 and len(recording.operating_points) == 2
-    report = bags.compute_report(recording, truth)
+    report = bag_report.compute_report(recording, truth)
     assert report['frames_sent'] == 10
     assert report['frames_classified'] == 8
     assert report['dropped_stamps_ns'] == sorted(dropped)
@@ -210,10 +211,10 @@ def test_report(tmp_path: Path) -> None:
     # 45 ms) miss it; k=7 was dropped
     assert report['deadline_misses'] == 4
     assert report['energy_per_frame_mj'] == pytest.approx((4 * 2.0 + 4 * 1.0) / 8)
-    fixed = bags.compute_report(recording, truth, deadline_ms=30.0)
+    fixed = bag_report.compute_report(recording, truth, deadline_ms=30.0)
     assert fixed['deadline_misses'] == 2
-    assert bags.plot_report(report, tmp_path / 'r.png').stat().st_size > 1000
-    assert dict(bags.report_table(report))['frames dropped'] == '2'
+    assert bag_report.plot_report(report, tmp_path / 'r.png').stat().st_size > 1000
+    assert dict(bag_report.report_table(report))['frames dropped'] == '2'
     assert (report['results_typed'], report['results_frame_info']) == (0, 8)
     assert report['label_info_matches_ground_truth'] is None
 
@@ -236,9 +237,9 @@ def test_report_reads_typed_results_and_joins_frame_info(tmp_path: Path, storage
                          bags.string_cdr(json.dumps(info)))
     assert bags.bag_topics(tmp_path / 'rec')['/p/classification'] == (
         bags.CLASSIFICATION_MSGTYPE, 3)
-    recording = bags.read_recording(tmp_path / 'rec')
+    recording = bag_report.read_recording(tmp_path / 'rec')
     assert recording.class_map == dict(enumerate(CLASSES))
-    results = {bags.stamp_to_ns(r['stamp']): r for _, r in recording.classifications}
+    results = {bag_report.stamp_to_ns(r['stamp']): r for _, r in recording.classifications}
     assert results[100]['source'] == 'typed' and results[100]['frame_id'] == 'cam'
     assert (results[100]['class_id'], results[100]['label'], results[100]['score']) == (
         0, 'a', 0.75)
@@ -248,14 +249,14 @@ def test_report_reads_typed_results_and_joins_frame_info(tmp_path: Path, storage
     assert (results[102]['source'], results[102]['class_id']) == ('frame_info', 2)
     assert (results[103]['source'], results[103]['label']) == ('typed', 'b')
     assert 'latency_ms' not in results[103]
-    report = bags.compute_report(recording, truth)
+    report = bag_report.compute_report(recording, truth)
     # 100 right (typed 0, where frame_info says 2), 101 wrong, 102 right, 103 right
     assert report['accuracy_classified'] == pytest.approx(3 / 4)
     assert (report['results_typed'], report['results_frame_info']) == (3, 1)
     assert report['latency_ms']['max'] == 42.0
     assert report['label_info_matches_ground_truth'] is True
     renamed = dataclasses.replace(truth, class_names=('a', 'c', 'b'))
-    assert bags.compute_report(recording, renamed)['label_info_matches_ground_truth'] is False
+    assert bag_report.compute_report(recording, renamed)['label_info_matches_ground_truth'] is False
 
 
 def test_typed_result_with_a_foreign_class_id_is_rejected(tmp_path: Path) -> None:
@@ -268,14 +269,14 @@ def test_typed_result_with_a_foreign_class_id_is_rejected(tmp_path: Path) -> Non
         writer.write('/p/classification', bags.CLASSIFICATION_MSGTYPE, 1,
                      store.serialize_cdr(msg, bags.CLASSIFICATION_MSGTYPE))
     with pytest.raises(BagError, match="/p/classification message at 1 ns: class_id is not"):
-        bags.read_recording(tmp_path / 'rec')
+        bag_report.read_recording(tmp_path / 'rec')
 
 
 def test_report_rejects_non_json(tmp_path: Path) -> None:
     with bags.RecordWriter(tmp_path / 'rec') as writer:
         writer.write('/n/frame_info', bags.STRING_MSGTYPE, 1, bags.string_cdr('{oops'))
     with pytest.raises(BagError, match='not JSON'):
-        bags.read_recording(tmp_path / 'rec')
+        bag_report.read_recording(tmp_path / 'rec')
 
 
 def test_bad_ground_truth(tmp_path: Path) -> None:
@@ -288,7 +289,7 @@ def test_bad_ground_truth(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not paths.cifar10_tar().is_file(), reason='needs ../shared CIFAR-10 tar')
 def test_cifar10_source_matches_dataset(tmp_path: Path) -> None:
-    from pls_perception.datasets import load_cifar10
+    from pls_perception.io.datasets import load_cifar10
 
     images, labels, names, class_names = bags.load_source_images('cifar10', per_class=2)
     ref_images, ref_labels, ref_names = load_cifar10(per_class=2)

@@ -10,12 +10,12 @@ import torchvision
 from torch import nn
 
 from pls_perception import paths
-from pls_perception.bn_recalibration import (affected_bn_names, calibration_images,
-                                             estimate_bn_stats, load_bn_states, recalibrate,
-                                             save_bn_states)
 from pls_perception.errors import WeightsError
-from pls_perception.preprocessing import CIFAR10_PREPROCESSING
-from pls_perception.skipping import SkippableResNet, physically_pruned_copy
+from pls_perception.skipping.bn_recalibration import (affected_bn_names, calibration_images,
+                                                      estimate_bn_stats, load_bn_states,
+                                                      recalibrate, save_bn_states)
+from pls_perception.skipping.network import SkippableResNet, physically_pruned_copy
+from pls_perception.skipping.preprocessing import CIFAR10_PREPROCESSING
 
 torch.set_num_threads(1)
 

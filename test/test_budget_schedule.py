@@ -4,11 +4,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-from pls_perception.budget_schedule import (BudgetSchedule, BudgetStep, format_schedule,
-                                            parse_schedule)
+from pls_perception.operating_points.budget_schedule import (BudgetSchedule, BudgetStep,
+                                                             format_schedule, parse_schedule)
 
 
 def test_parse_schedule() -> None:

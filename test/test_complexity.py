@@ -6,8 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
-from pls_perception.complexity import count_macs, count_parameters
-from pls_perception.skipping import SkippableResNet, physically_pruned_copy
+from pls_perception.skipping.complexity import count_macs, count_parameters
+from pls_perception.skipping.network import SkippableResNet, physically_pruned_copy
 
 torch.set_num_threads(1)
 

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_cifar import jpeg_bytes, make_tar, make_tiny_cifar
 
 from pls_perception import paths
-from pls_perception.datasets import CIFAR10_CLASSES, load_cifar10, load_image_folder
-from tiny_cifar import jpeg_bytes, make_tar, make_tiny_cifar
+from pls_perception.io.datasets import CIFAR10_CLASSES, load_cifar10, load_image_folder
 
 SHARED_TAR = paths.cifar10_tar()
 needs_shared = pytest.mark.skipif(not SHARED_TAR.is_file(),

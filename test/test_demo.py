@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pls_perception.budget_schedule import BudgetSchedule
+from pls_perception.operating_points.budget_schedule import BudgetSchedule
 from pls_perception.tools import demo
 from pls_perception.tools.demo import Frame, generate_frames, summarize, write_outputs
 

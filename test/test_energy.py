@@ -8,9 +8,9 @@ import types
 import pytest
 
 from pls_perception.dvfs import SimulatedBackend
-from pls_perception.energy import EnergyMeter, profile_power_fn
+from pls_perception.dvfs.energy import EnergyMeter, profile_power_fn
+from pls_perception.operating_points.profiles import load_profile
 from pls_perception.paths import config_dir
-from pls_perception.profiles import load_profile
 
 
 class FakeBackend(SimulatedBackend):

@@ -8,12 +8,12 @@ import torch.nn.functional as F
 import torchvision
 
 from pls_perception import paths
-from pls_perception.complexity import count_macs, count_parameters
-from pls_perception.datasets import load_cifar10
-from pls_perception.evaluation import evaluate, measure_latency_ms
-from pls_perception.preprocessing import CIFAR10_PREPROCESSING
-from pls_perception.skipping import SkippableResNet, physically_pruned_copy
-from pls_perception.weights import load_model
+from pls_perception.io.datasets import load_cifar10
+from pls_perception.skipping.complexity import count_macs, count_parameters
+from pls_perception.skipping.evaluation import evaluate, measure_latency_ms
+from pls_perception.skipping.network import SkippableResNet, physically_pruned_copy
+from pls_perception.skipping.preprocessing import CIFAR10_PREPROCESSING
+from pls_perception.skipping.weights import load_model
 
 torch.set_num_threads(1)
 

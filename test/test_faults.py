@@ -22,11 +22,11 @@ from sensor_msgs.msg import Image
 
 from pls_perception import paths
 from pls_perception.dvfs import SimulatedBackend
-from pls_perception.nodes.graph_probe import (MANAGER_MODULE, PERCEPTION_MODULE, PERCEPTION_NODE,
-                                              NodeProcess, PipelineProbe, Received, make_image,
-                                              probe_session, running_node, stamp_ns_of)
-from pls_perception.optimizer import solve
-from pls_perception.profiles import load_profile
+from pls_perception.operating_points.optimizer import solve
+from pls_perception.operating_points.profiles import load_profile
+from pls_perception.testing.graph_probe import (MANAGER_MODULE, PERCEPTION_MODULE, PERCEPTION_NODE,
+                                                NodeProcess, PipelineProbe, Received, make_image,
+                                                probe_session, running_node, stamp_ns_of)
 
 BUDGET_MODULE = 'pls_perception.nodes.budget_schedule_node'
 # Random weights: these tests are about the plumbing (and need no ../shared).

@@ -9,7 +9,6 @@ the resident set: bounded by the network input, not by the frame (PNG: by its de
 from __future__ import annotations
 
 import pytest
-
 from memory_probe import run
 
 pytestmark = pytest.mark.timeout(300)
@@ -18,8 +17,8 @@ _SETUP = '''
 import io
 import numpy as np
 from PIL import Image
-from pls_perception.image_conversion import DEFAULT_MAX_PIXELS, compressed_to_rgb, image_to_rgb
-from pls_perception.preprocessing import CIFAR10_PREPROCESSING, IMAGENET_PREPROCESSING
+from pls_perception.io.image_conversion import DEFAULT_MAX_PIXELS, compressed_to_rgb, image_to_rgb
+from pls_perception.skipping.preprocessing import CIFAR10_PREPROCESSING, IMAGENET_PREPROCESSING
 prep = {prep}
 height, width = {height}, {width}
 '''

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pls_perception.frame_slot import NewestFrameSlot
+from pls_perception.pipeline.frame_slot import NewestFrameSlot
 
 pytestmark = pytest.mark.timeout(60)
 JOIN_S = 10.0

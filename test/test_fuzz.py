@@ -21,19 +21,18 @@ import pytest
 import torch
 import torchvision
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from tiny_cifar import jpeg_bytes, make_tar
 
-from pls_perception.bn_recalibration import calibration_images, load_bn_states
-from pls_perception.datasets import CIFAR10_CLASSES
 from pls_perception.errors import DatasetError, ImageFormatError, ProfileError, WeightsError
-from pls_perception.image_conversion import SUPPORTED_ENCODINGS, compressed_to_rgb, image_to_rgb
-from pls_perception.policy_profiles import load_accuracy_table
-from pls_perception.profiles import load_profile
-from pls_perception.skip_plans import SkipPlan, load_plan
-from pls_perception.skipping import SkippableResNet
-from pls_perception.weights import load_model
+from pls_perception.io.datasets import CIFAR10_CLASSES
+from pls_perception.io.image_conversion import SUPPORTED_ENCODINGS, compressed_to_rgb, image_to_rgb
+from pls_perception.operating_points.policy_profiles import load_accuracy_table
+from pls_perception.operating_points.profiles import load_profile
+from pls_perception.skipping.bn_recalibration import calibration_images, load_bn_states
+from pls_perception.skipping.network import SkippableResNet
+from pls_perception.skipping.plans import SkipPlan, load_plan
+from pls_perception.skipping.weights import load_model
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])

@@ -6,13 +6,11 @@ import io
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from pls_perception.errors import ImageFormatError
-from pls_perception.image_conversion import (
-    SUPPORTED_ENCODINGS, compressed_to_rgb, image_to_rgb)
+from pls_perception.io.image_conversion import SUPPORTED_ENCODINGS, compressed_to_rgb, image_to_rgb
 
 EIGHT_BIT = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8')
 SIXTEEN_BIT = ('rgb16', 'bgr16', 'rgba16', 'bgra16', 'mono16')
@@ -285,7 +283,7 @@ def test_sixteen_bit_reduction_rounds_the_mean_of_raw_values() -> None:
 
 
 def test_reduction_reads_the_view_without_copying_the_frame() -> None:
-    from pls_perception.image_conversion import box_sum
+    from pls_perception.io.image_conversion import box_sum
     frame = np.random.default_rng(5).integers(0, 256, (40, 60, 3), dtype=np.uint8)
     bgr = frame[:, :, ::-1]
     grey = np.broadcast_to(frame[:, :, :1], frame.shape)

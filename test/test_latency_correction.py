@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pls_perception.latency_correction import LatencyCorrection
+from pls_perception.operating_points.latency_correction import LatencyCorrection
 
 RATIOS = (0.25, 0.5, 1.0)
 FREQS_MHZ = (500.0, 1000.0)

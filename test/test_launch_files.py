@@ -92,7 +92,7 @@ def test_params_files_are_ros_parameter_files_for_our_nodes(name: str) -> None:
 
 
 def test_demo_yaml_schedule_and_node_defaults_parse() -> None:
-    from pls_perception.budget_schedule import BudgetSchedule
+    from pls_perception.operating_points.budget_schedule import BudgetSchedule
     data = yaml.safe_load((paths.config_dir() / 'demo.yaml').read_text())
     schedule = data['budget_schedule']['ros__parameters']
     assert BudgetSchedule(schedule['schedule'], loop=schedule['loop']).period_s > 0

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pls_perception.nodes.graph_probe import (PERCEPTION_MODULE, PipelineProbe, probe_session,
-                                              rss_mb, running_node, stamp_ns_of)
+from pls_perception.testing.graph_probe import (PERCEPTION_MODULE, PipelineProbe, probe_session,
+                                                rss_mb, running_node, stamp_ns_of)
 
 FLOOD_S = 30.0
 FLOOD_FACTOR = 10.0

@@ -6,12 +6,11 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from pls_perception.optimizer import OperatingPointSelector, solve
+from pls_perception.operating_points.optimizer import OperatingPointSelector, solve
+from pls_perception.operating_points.profiles import OperatingPointProfile, load_profile
 from pls_perception.paths import config_dir
-from pls_perception.profiles import OperatingPointProfile, load_profile
 
 OBJECTIVE_ATTR = {'edp': 'edp', 'energy': 'energy_mj', 'latency': 'latency_ms'}
 

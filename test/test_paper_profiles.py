@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pls_perception import paper_profiles
+from pls_perception.operating_points import paper_profiles
+from pls_perception.operating_points.profiles import load_profile
 from pls_perception.paths import config_dir
-from pls_perception.profiles import load_profile
 
 
 def test_block_latency_model_passes_through_paper_points() -> None:

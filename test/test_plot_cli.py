@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from pls_perception.operating_points.profiles import load_profile
 from pls_perception.paths import config_dir
-from pls_perception.profiles import load_profile
 from pls_perception.tools import plot_cli
 
 KINDS = ('energy_vs_freq', 'latency_vs_freq', 'energy_vs_latency', 'edp_vs_freq',

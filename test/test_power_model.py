@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pls_perception.power_model import TwoZonePowerModel, fit_two_zone
+from pls_perception.operating_points.power_model import TwoZonePowerModel, fit_two_zone
 
 
 def test_two_zone_shape_linear_below_cubic_above() -> None:

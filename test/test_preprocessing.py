@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from torchvision.transforms import InterpolationMode, v2
-from torchvision.transforms import functional as TF
+from torchvision.transforms import InterpolationMode, functional as TF, v2
 
-from pls_perception.preprocessing import (CIFAR10_PREPROCESSING, IMAGENET_PREPROCESSING,
-                                          Preprocessing)
+from pls_perception.skipping.preprocessing import (CIFAR10_PREPROCESSING, IMAGENET_PREPROCESSING,
+                                                   Preprocessing)
 
 
 def test_cifar_normalisation_matches_reference_recipe() -> None:

@@ -12,11 +12,11 @@ import pytest
 
 from pls_perception.dvfs import SimulatedBackend
 from pls_perception.errors import ProfileError
+from pls_perception.operating_points.policy_profiles import load_accuracy_table
+from pls_perception.operating_points.profiles import (OperatingPointProfile, SkipPolicyInfo,
+                                                      load_profile, save_profile)
 from pls_perception.paths import config_dir
-from pls_perception.policy_profiles import load_accuracy_table
-from pls_perception.profiles import (OperatingPointProfile, SkipPolicyInfo, load_profile,
-                                     save_profile)
-from pls_perception.skip_plans import SkipPlan, load_plan, policy_info, save_plan
+from pls_perception.skipping.plans import SkipPlan, load_plan, policy_info, save_plan
 from pls_perception.tools import profile_cli
 
 PROFILES = config_dir() / 'profiles'

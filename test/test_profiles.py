@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from pls_perception.errors import ProfileError
-from pls_perception.optimizer import solve
+from pls_perception.operating_points.optimizer import solve
+from pls_perception.operating_points.profiles import (PROPORTIONAL, SkipPolicyInfo, load_profile,
+                                                      profile_from_dict, save_profile)
 from pls_perception.paths import config_dir
-from pls_perception.profiles import (PROPORTIONAL, SkipPolicyInfo, load_profile,
-                                     profile_from_dict, save_profile)
 
 PROFILES = config_dir() / 'profiles'
 

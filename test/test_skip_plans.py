@@ -8,16 +8,15 @@ import pytest
 import torch
 import torchvision
 import yaml
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from pls_perception.complexity import count_macs
 from pls_perception.errors import ProfileError
-from pls_perception.profiles import PROPORTIONAL
-from pls_perception.skip_plans import (
-    PlanPolicy, SkipPlan, _FixedMasksPolicy, block_macs, learn_plan, load_plan, load_policy,
-    policy_info, removable_blocks, save_plan)
-from pls_perception.skipping import ProportionalPolicy, SkippableResNet
+from pls_perception.operating_points.profiles import PROPORTIONAL
+from pls_perception.skipping.complexity import count_macs
+from pls_perception.skipping.network import ProportionalPolicy, SkippableResNet
+from pls_perception.skipping.plans import (PlanPolicy, SkipPlan, _FixedMasksPolicy, block_macs,
+                                           learn_plan, load_plan, load_policy, policy_info,
+                                           removable_blocks, save_plan)
 
 SHA = hashlib.sha256(b'weights').hexdigest()
 DEPTHS = (2, 2, 2, 2)
@@ -319,7 +318,7 @@ def test_absurd_depth_is_rejected_before_anything_is_built(tmp_path: Path) -> No
     path = tmp_path / 'absurd.yaml'
     path.write_text(yaml.safe_dump(doc))
     for model_depths in ('', f', depths={RESNET152!r}'):
-        outcome = run('from pls_perception.skip_plans import load_plan',
+        outcome = run('from pls_perception.skipping.plans import load_plan',
                       f'load_plan({str(path)!r}{model_depths})', cap_mb=1024)
         assert outcome['error'] == 'ProfileError', outcome
         assert str(path) in outcome['message'] and '300000000' in outcome['message']

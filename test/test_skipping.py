@@ -11,13 +11,12 @@ import time
 import pytest
 import torch
 import torchvision
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from pls_perception.skipping import (RESNET152_DEPTHS, STAGE_NAMES, ProportionalPolicy,
-                                     SkippableResNet, SkipPolicy, blocks_kept,
-                                     physically_pruned_copy)
+from pls_perception.skipping.network import (RESNET152_DEPTHS, STAGE_NAMES, ProportionalPolicy,
+                                             SkippableResNet, SkipPolicy, blocks_kept,
+                                             physically_pruned_copy)
 
 torch.set_num_threads(1)
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pls_perception.optimizer import solve
-from pls_perception.profiles import (OperatingPointProfile, SkipPolicyInfo, load_profile,
-                                     resolve_profile_path, save_profile)
+from pls_perception.operating_points.optimizer import solve
+from pls_perception.operating_points.profiles import (OperatingPointProfile, SkipPolicyInfo,
+                                                      load_profile, resolve_profile_path,
+                                                      save_profile)
 from pls_perception.tools import solve_cli
 
 

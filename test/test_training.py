@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-
-from pls_perception.bn_recalibration import load_bn_states
-from pls_perception.training import (CHECKPOINT_NAME, CURVE_CSV, CURVE_JSON, TrainConfig,
-                                     TrainData, Trainer, TrainingDiverged, augment,
-                                     export_weights, load_train_data, lr_factor,
-                                     per_class_indices)
-from pls_perception.weights import load_model
 from tiny_cifar import make_tiny_cifar
+
+from pls_perception.skipping.bn_recalibration import load_bn_states
+from pls_perception.skipping.training import (CHECKPOINT_NAME, CURVE_CSV, CURVE_JSON, TrainConfig,
+                                              TrainData, Trainer, TrainingDiverged, augment,
+                                              export_weights, load_train_data, lr_factor,
+                                              per_class_indices)
+from pls_perception.skipping.weights import load_model
 
 torch.set_num_threads(1)
 RATIOS = (1.0, 0.5)

@@ -10,7 +10,7 @@ unavailable, the node keeps classifying its local frames, and the latest point (
 budget sent during the outage) is applied once the link is back. It prints its timings.
 
 Observers on each host are this file run as a script (``observe``): a
-:class:`~pls_perception.nodes.graph_probe.PipelineProbe` whose receptions are printed as JSON
+:class:`~pls_perception.testing.graph_probe.PipelineProbe` whose receptions are printed as JSON
 lines with their CLOCK_MONOTONIC receive time (the same clock in every namespace), and which
 publishes ``budget <ms>`` lines read from stdin.
 """
@@ -33,11 +33,11 @@ import pytest
 pytest.importorskip('rclpy')
 
 from pls_perception import paths  # noqa: E402
-from pls_perception.nodes.dvfs_manager_node import default_profile_path  # noqa: E402
-from pls_perception.nodes.graph_probe import (MANAGER_MODULE, PERCEPTION_MODULE,  # noqa: E402
-                                              NodeProcess)
-from pls_perception.optimizer import solve  # noqa: E402
-from pls_perception.profiles import load_profile  # noqa: E402
+from pls_perception.operating_points.optimizer import solve  # noqa: E402
+from pls_perception.operating_points.profiles import default_profile_path  # noqa: E402
+from pls_perception.operating_points.profiles import load_profile  # noqa: E402
+from pls_perception.testing.graph_probe import (MANAGER_MODULE, PERCEPTION_MODULE,  # noqa: E402
+                                                NodeProcess)
 
 SOURCE_MODULE = 'pls_perception.nodes.image_source_node'
 # The /30 of the link; these addresses exist only inside the namespaces the test creates.
@@ -289,7 +289,7 @@ def _observe() -> int:
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from std_msgs.msg import String
 
-    from pls_perception.nodes.graph_probe import ReceivedLog, probe_session
+    from pls_perception.testing.graph_probe import ReceivedLog, probe_session
 
     def emit(t_s: float, kind: str, data: Any) -> None:
         print(json.dumps({'t': t_s, 'kind': kind, 'data': data}), flush=True)

@@ -9,11 +9,11 @@ import torch
 import torchvision
 
 from pls_perception import paths
-from pls_perception.datasets import CIFAR10_CLASSES
 from pls_perception.errors import WeightsError
-from pls_perception.preprocessing import CIFAR10_PREPROCESSING, IMAGENET_PREPROCESSING
-from pls_perception.skipping import SkippableResNet
-from pls_perception.weights import load_model
+from pls_perception.io.datasets import CIFAR10_CLASSES
+from pls_perception.skipping.network import SkippableResNet
+from pls_perception.skipping.preprocessing import CIFAR10_PREPROCESSING, IMAGENET_PREPROCESSING
+from pls_perception.skipping.weights import load_model
 
 torch.set_num_threads(1)
 REFERENCE_SHA256 = '3aabae40448b51a43e11b1270ae6d7b81e5ab842488f3262412f53afdf3c5643'
@@ -190,7 +190,7 @@ def test_absurd_class_count_is_rejected_before_building(tmp_path: Path) -> None:
     from memory_probe import run
     path = tmp_path / 'billion.pt'
     torch.save({'fc.weight': torch.zeros(10**9, 0), 'fc.bias': torch.zeros(1)}, path)
-    outcome = run('from pls_perception.weights import load_model',
+    outcome = run('from pls_perception.skipping.weights import load_model',
                   f'load_model({str(path)!r}, arch="resnet18")', cap_mb=1024)
     assert outcome['error'] == 'WeightsError', outcome
     assert str(path) in outcome['message'] and outcome['peak_mb'] < 100, outcome

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from pls_perception.datasets import CIFAR10_CLASSES
+from pls_perception.io.datasets import CIFAR10_CLASSES
 
 
 def jpeg_bytes(color: tuple[int, int, int], size: tuple[int, int] = (32, 32)) -> bytes:

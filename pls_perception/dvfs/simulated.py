@@ -22,17 +22,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from pls_perception.dvfs.base import DvfsBackend
-from pls_perception.profiles import OperatingPointProfile
+from pls_perception.operating_points.paper_profiles import ORIN_NANO_CPU_FREQUENCIES_MHZ
+from pls_perception.operating_points.profiles import OperatingPointProfile
 
 # (keep ratio, frequency MHz) -> latency ms of the emulated device.
 LatencyModel = Callable[[float, float], float]
 
-# Jetson Orin Nano CPU cpufreq table (kHz / 1000), 268.8 MHz .. 1.51 GHz: the paper's CPU range.
-ORIN_NANO_CPU_FREQUENCIES_MHZ: tuple[float, ...] = (
-    268.8, 345.6, 422.4, 499.2, 576.0, 652.8, 729.6, 806.4, 883.2, 960.0, 1036.8, 1113.6,
-    1190.4, 1267.2, 1344.0, 1420.8, 1497.6, 1510.4)
-# Jetson Orin Nano GPU devfreq table (Hz / 1e6).
-ORIN_NANO_GPU_FREQUENCIES_MHZ: tuple[float, ...] = (306.0, 408.0, 510.0, 612.0, 624.75)
 
 
 def profile_latency_model(profile: OperatingPointProfile) -> LatencyModel:

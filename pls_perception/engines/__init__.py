@@ -12,7 +12,7 @@ from pls_perception.engines.base import InferenceEngine
 from pls_perception.engines.torch_engine import TorchEngine
 
 if TYPE_CHECKING:
-    from pls_perception.weights import LoadedModel
+    from pls_perception.skipping.weights import LoadedModel
 
 ENGINE_NAMES = ('auto', 'torch', 'onnxruntime')
 

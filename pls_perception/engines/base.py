@@ -17,7 +17,8 @@ class InferenceEngine(ABC):
     """Runs a (skippable) classifier on preprocessed batches.
 
     ``infer`` takes an Nx3xHxW float32 array (already normalised, see
-    ``pls_perception.preprocessing``) and returns NxC float32 logits. ``set_keep_ratio`` takes
+    ``pls_perception.skipping.preprocessing``) and returns NxC float32 logits.
+    ``set_keep_ratio`` takes
     effect at the next ``infer`` call, never in the middle of one.
     """
 

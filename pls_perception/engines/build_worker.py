@@ -52,7 +52,8 @@ class BuildWorker:
         """Block until every queued job ran (True) or ``timeout_s`` passed (False)."""
         with self._wake:
             return self._wake.wait_for(
-                lambda: self._stopped or (self._idle and not self._urgent and not self._background),
+                lambda: self._stopped or (self._idle and not self._urgent
+                                          and not self._background),
                 timeout_s)
 
     def join(self, timeout_s: float) -> bool:

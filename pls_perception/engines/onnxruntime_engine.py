@@ -78,10 +78,10 @@ from onnx import TensorProto, numpy_helper
 from pls_perception.engines.base import InferenceEngine, check_batch
 from pls_perception.engines.build_worker import BuildWorker
 from pls_perception.errors import BackendError
-from pls_perception.skipping import Masks, Ratio, SkippableResNet, physically_pruned_copy
+from pls_perception.skipping.network import Masks, Ratio, SkippableResNet, physically_pruned_copy
 
 if TYPE_CHECKING:
-    from pls_perception.weights import LoadedModel
+    from pls_perception.skipping.weights import LoadedModel
 
 _LOG = logging.getLogger(__name__)
 CACHE_ENV = 'PLS_ONNX_CACHE'

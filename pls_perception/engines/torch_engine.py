@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from pls_perception.engines.base import InferenceEngine, check_batch
-from pls_perception.skipping import SkippableResNet
+from pls_perception.skipping.network import SkippableResNet
 
 
 class TorchEngine(InferenceEngine):

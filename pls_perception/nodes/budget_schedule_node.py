@@ -2,7 +2,8 @@
 
 Stands in for the planner of an AV stack that tightens and relaxes the perception deadline, so the
 DVFS manager's adaptation is visible in the demo and testable. The schedule logic lives in the
-ROS-free pls_perception.budget_schedule; this node only keeps time and publishes. The budget is
+ROS-free pls_perception.operating_points.budget_schedule; this node only keeps time and publishes.
+The budget is
 published at each change and re-published at ``publish_rate_hz`` so late subscribers catch up.
 With ``wait_for_subscribers`` the schedule's clock starts only once that many subscribers are
 matched (e.g. the DVFS manager and the perception node), so step times are as written.
@@ -12,23 +13,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 from rclpy.node import Node
 from std_msgs.msg import Float64
 
-from pls_perception.budget_schedule import BudgetSchedule
+from pls_perception.nodes.parameters import descriptor
 from pls_perception.nodes.spin import spin_node
+from pls_perception.operating_points.budget_schedule import BudgetSchedule
 
 NODE_NAME = 'budget_schedule'
 DEFAULT_SCHEDULE = '0:40,10:15,20:60'
-
-
-def _descriptor(description: str, low: float | None = None,
-                high: float | None = None) -> ParameterDescriptor:
-    d = ParameterDescriptor(description=description, read_only=True)
-    if low is not None and high is not None:
-        d.floating_point_range = [FloatingPointRange(from_value=low, to_value=high, step=0.0)]
-    return d
 
 
 class BudgetScheduleNode(Node):
@@ -36,16 +29,19 @@ class BudgetScheduleNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        self.declare_parameter('schedule', DEFAULT_SCHEDULE, _descriptor(
-            'budget steps "seconds:ms,..." from the node start, e.g. "0:40,10:15,20:60"'))
-        self.declare_parameter('loop', False, _descriptor('repeat the schedule'))
-        self.declare_parameter('period_s', 0.0, _descriptor(
-            'loop period; 0 = the last step lasts as long as the one before it', 0.0, 1e6))
-        self.declare_parameter('publish_rate_hz', 1.0, _descriptor(
-            'how often the budget in force is re-published', 0.01, 100.0))
-        self.declare_parameter('wait_for_subscribers', 0, ParameterDescriptor(
-            description='start the schedule once this many /latency_budget subscribers match',
+        self.declare_parameter('schedule', DEFAULT_SCHEDULE, descriptor(
+            'budget steps "seconds:ms,..." from the node start, e.g. "0:40,10:15,20:60"',
             read_only=True))
+        self.declare_parameter('loop', False, descriptor('repeat the schedule', read_only=True))
+        self.declare_parameter('period_s', 0.0, descriptor(
+            'loop period; 0 = the last step lasts as long as the one before it',
+            float_range=(0.0, 1e6), read_only=True))
+        self.declare_parameter('publish_rate_hz', 1.0, descriptor(
+            'how often the budget in force is re-published', float_range=(0.01, 100.0),
+            read_only=True))
+        self.declare_parameter('wait_for_subscribers', 0, descriptor(
+            'start the schedule once this many /latency_budget subscribers match',
+            int_range=(0, 1000), read_only=True))
         p = self.get_parameter
         self.schedule = BudgetSchedule(str(p('schedule').value), loop=bool(p('loop').value),
                                        period_s=float(p('period_s').value))

@@ -1,7 +1,8 @@
 """DVFS manager node: latency budget in, (keep ratio, CPU frequency) out to the perception node.
 
-Thin ROS glue over the ROS-free optimizer (pls_perception.optimizer) and the online latency
-correction (pls_perception.latency_correction). Every accepted ``/latency_budget`` is solved on the
+Thin ROS glue over the ROS-free optimizer (pls_perception.operating_points.optimizer) and the
+online latency correction (pls_perception.operating_points.latency_correction). Every accepted
+``/latency_budget`` is solved on the
 profile; the chosen point goes to the perception node as ONE SetParametersAtomically request, so
 the node never runs a frame with the new ratio at the old frequency. The manager also listens to
 the perception node's measured latencies and corrects its profile online (closed loop), and it
@@ -32,36 +33,36 @@ import math
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import rclpy.parameter
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import (FloatingPointRange, Parameter, ParameterDescriptor,
-                                ParameterType, ParameterValue, SetParametersResult)
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue, SetParametersResult
 from rcl_interfaces.srv import GetParameters, SetParametersAtomically
 from rclpy.exceptions import ParameterException
 from rclpy.node import Node
-from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from std_msgs.msg import Float64, String
 
-from pls_perception import paths
 from pls_perception.errors import PlsError
-from pls_perception.latency_correction import LatencyCorrection
-from pls_perception.optimizer import (ON_INFEASIBLE, OBJECTIVES, STRATEGIES, OperatingPoint,
-                                      OperatingPointSelector)
-from pls_perception.profiles import PROPORTIONAL_POLICY, OperatingPointProfile, load_profile
+from pls_perception.nodes.parameters import descriptor
 from pls_perception.nodes.spin import spin_node
+from pls_perception.operating_points.latency_correction import LatencyCorrection
+from pls_perception.operating_points.optimizer import (OBJECTIVES, ON_INFEASIBLE, STRATEGIES,
+                                                       OperatingPoint, OperatingPointSelector)
+from pls_perception.operating_points.profiles import (PROPORTIONAL_POLICY, OperatingPointProfile,
+                                                      default_profile_path, load_profile,
+                                                      shipped_profiles_for)
+from pls_perception.pipeline.frame_pipeline import Setpoint
 
 NODE_NAME = 'dvfs_manager'
 DEFAULT_TARGET_NODE = '/pls_perception_node'
-DEFAULT_PROFILE_NAME = 'orin_nano_cpu.yaml'
 TICK_S = 0.1
 MODES = ('auto', 'manual')
 # Parameters that take effect while the manager runs; the others are read once at start-up.
 RUNTIME_PARAMETERS = ('mode', 'accuracy_loss_max', 'objective', 'strategy', 'hysteresis',
-                      'on_infeasible', 'closed_loop', 'resolve_period_s', 'retry_initial_s', 'retry_max_s',
+                      'on_infeasible', 'closed_loop', 'resolve_period_s', 'retry_initial_s',
+                      'retry_max_s',
                       'request_timeout_s')
 # Those the solver uses: changing one re-solves the latest budget at once.
 SOLVER_PARAMETERS = ('accuracy_loss_max', 'objective', 'strategy', 'hysteresis',
@@ -69,43 +70,6 @@ SOLVER_PARAMETERS = ('accuracy_loss_max', 'objective', 'strategy', 'hysteresis',
 # A burst of invalid budgets (a planner gone wrong) logs one line per period, with a count.
 REJECTED_BUDGET_LOG_PERIOD_S = 5.0
 _NODE_NAME_PATTERN = re.compile(r'/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*')
-
-
-def default_profile_path() -> Path:
-    """The shipped Orin Nano CPU profile."""
-    return paths.config_dir() / 'profiles' / DEFAULT_PROFILE_NAME
-
-
-def shipped_profiles_for(policy_name: str, device_name: str) -> list[Path]:
-    """The shipped profiles (config/profiles) made for ``policy_name``, ``device_name``'s first."""
-    found = []
-    for path in sorted((paths.config_dir() / 'profiles').glob('*.yaml')):
-        try:
-            profile = load_profile(path)
-        except (PlsError, OSError, ValueError):
-            continue
-        if profile.skip_policy.name == policy_name:
-            found.append((profile.device_name != device_name, str(path)))
-    return [Path(p) for _, p in sorted(found)]
-
-
-@dataclass(frozen=True)
-class Setpoint:
-    """What the perception node should run."""
-
-    keep_ratio: float
-    freq_mhz: float
-
-
-def _descriptor(description: str, *, read_only: bool,
-                float_range: tuple[float, float] | None = None,
-                constraints: str = '') -> ParameterDescriptor:
-    d = ParameterDescriptor(description=description, read_only=read_only,
-                            additional_constraints=constraints)
-    if float_range is not None:
-        d.floating_point_range = [FloatingPointRange(
-            from_value=float_range[0], to_value=float_range[1], step=0.0)]
-    return d
 
 
 def _choice(name: str, value: Any, choices: Sequence[str]) -> str | None:
@@ -237,7 +201,7 @@ class DvfsManagerNode(Node):
         def declare(name: str, value: Any, description: str,
                     float_range: tuple[float, float] | None = None,
                     constraints: str = '') -> None:
-            self.declare_parameter(name, value, _descriptor(
+            self.declare_parameter(name, value, descriptor(
                 description, read_only=name not in RUNTIME_PARAMETERS,
                 float_range=float_range, constraints=constraints))
             self._declared.append(name)
@@ -578,7 +542,8 @@ class DvfsManagerNode(Node):
 
         Learnt from the classifications the manager already listens to: each carries the name of
         the policy the node actually runs (``skip_policy``: 'proportional' or 'plan:<plan file
-        stem>', :func:`pls_perception.skip_plans.plan_name`), set at configure and so right after
+        stem>', :func:`pls_perception.skipping.plans.plan_name`), set at configure and so right
+        after
         a restart too. A profile records the same name (``pls-profile --skip-policy`` names it with
         the same function) beside the plan's fingerprint, which the node does not publish, so the
         names are what is compared: a renamed copy of the profile's plan file reads as a mismatch

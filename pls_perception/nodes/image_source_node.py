@@ -21,18 +21,20 @@ import threading
 import time
 from collections.abc import Sequence
 
-from builtin_interfaces.msg import Time
 import rclpy
+from builtin_interfaces.msg import Time
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from pls_perception import paths
-from pls_perception.bags import (NS_PER_S, FrameSource, ImageFrame, check_rates,
-                                 publish_offset_ns)
 from pls_perception.errors import PlsError
+from pls_perception.io.bags import NS_PER_S, ImageFrame
+from pls_perception.io.replay import FrameSource, check_rates, publish_offset_ns
+from pls_perception.nodes.parameters import descriptor
 
 STAMP_MODES = ('auto', 'now', 'recorded')
 
@@ -57,24 +59,36 @@ class ImageSourceNode(Node):
 
     def __init__(self, **kwargs) -> None:
         super().__init__('image_source', **kwargs)
-        p = self.declare_parameter
-        source = p('source', 'cifar10').value
+        def p(name: str, default: object, text: str, **ranges: tuple) -> Parameter:
+            return self.declare_parameter(name, default,
+                                          descriptor(text, read_only=True, **ranges))
+        source = p('source', 'cifar10', "image folder, image tar, rosbag2 directory or 'cifar10' "
+                   f'(the shared CIFAR-10 tarball, {paths.DATA_SEARCH_HELP})').value
         self.source_path = str(paths.find_cifar10_tar()) if source == 'cifar10' else source
-        split = p('split', 'test').value
-        limit = p('limit', 0).value
-        per_class = p('per_class', 0).value
-        bag_topic = p('bag_topic', '').value
-        self.rate_hz = float(p('rate_hz', 10.0).value)
-        self.rate_multiplier = float(p('rate_multiplier', 1.0).value)
-        self.loop = bool(p('loop', False).value)
-        frame_id = p('frame_id', '').value
-        encoding = p('encoding', '').value
-        self.stamp_mode = p('stamp', 'auto').value
-        self.wait_for_subscribers = int(p('wait_for_subscribers', 0).value)
-        self.wait_timeout_s = float(p('wait_timeout_s', 30.0).value)
-        self.start_delay_s = float(p('start_delay_s', 0.0).value)
-        depth = int(p('qos_depth', 10).value)
-        self.progress = bool(p('progress', False).value)
+        split = p('split', 'test', "CIFAR-layout tar split: 'test' or 'train'").value
+        limit = p('limit', 0, 'at most this many images; 0 = all', int_range=(0, 10**7)).value
+        per_class = p('per_class', 0, 'at most this many images per class; 0 = all',
+                      int_range=(0, 10**7)).value
+        bag_topic = p('bag_topic', '', "rosbag2 source: the image topic; '' = the only one").value
+        self.rate_hz = float(p('rate_hz', 10.0, 'frames per second; 0 = the timing recorded in '
+                               'the bag', float_range=(0.0, 10000.0)).value)
+        self.rate_multiplier = float(p('rate_multiplier', 1.0, 'speed-up of the recorded timing',
+                                       float_range=(0.001, 1000.0)).value)
+        self.loop = bool(p('loop', False, 'start again after the last frame').value)
+        frame_id = p('frame_id', '', "header.frame_id; '' = the bag's, else 'camera'").value
+        encoding = p('encoding', '', "rgb8 | bgr8 | rgba8 | bgra8 | mono8; '' = rgb8 (or the "
+                     "bag's)").value
+        self.stamp_mode = p('stamp', 'auto', f'header stamps, one of {STAMP_MODES}: recorded '
+                            "(the bag's), now, or auto (recorded for a bag)").value
+        self.wait_for_subscribers = int(p('wait_for_subscribers', 0, 'start once this many '
+                                          'subscribers match', int_range=(0, 1000)).value)
+        self.wait_timeout_s = float(p('wait_timeout_s', 30.0, 'give up waiting for subscribers '
+                                      'after this long', float_range=(0.0, 3600.0)).value)
+        self.start_delay_s = float(p('start_delay_s', 0.0, 'wait this long before the first '
+                                     'frame', float_range=(0.0, 3600.0)).value)
+        depth = int(p('qos_depth', 10, 'publisher queue depth (reliable, keep last)',
+                      int_range=(1, 10000)).value)
+        self.progress = bool(p('progress', False, 'show a progress bar on stderr').value)
         if self.stamp_mode not in STAMP_MODES:
             raise ValueError(f'stamp must be one of {STAMP_MODES}, got {self.stamp_mode!r}')
         check_rates(self.rate_hz, self.rate_multiplier)

@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from pls_perception.bags import (CLASSIFICATION_MSGTYPE, DIAGNOSTICS_MSGTYPE,
-                                 LABEL_INFO_MSGTYPE, STRING_MSGTYPE, RecordWriter)
+from pls_perception.io.bags import (CLASSIFICATION_MSGTYPE, DIAGNOSTICS_MSGTYPE,
+                                    LABEL_INFO_MSGTYPE, STRING_MSGTYPE, RecordWriter)
 from pls_perception.nodes.typed_output import load_vision_msgs
 
 PERCEPTION = '/pls_perception_node'

@@ -7,6 +7,10 @@ would leave ``get_state``, the parameter services and every timer unanswered for
 the executor keeps serving everything else, the caller still gets its answer when the transition
 ends, and ``get_state`` reports the transition state (``configuring``) meanwhile. One transition
 runs at a time; a second request while one runs is refused (``success=False``) with a log line.
+
+rclpy 7 (Jazzy) also raises RCLError out of ``change_state`` when the requested transition does
+not exist in the current state, which would end ``spin()`` and the process (one mistyped
+``ros2 lifecycle set``): such a request is answered ``success=False`` too.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from typing import Any, TypeVar
 
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import Executor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.task import Future
 
@@ -49,6 +54,17 @@ class ThreadedTransitions:
             return
         change_state = service.callback
 
+        def guarded(request: Any, response: Any) -> Any:
+            try:
+                return change_state(request, response)
+            except _rclpy.RCLError:
+                node.get_logger().warning(
+                    f'change_state: transition {request.transition.id} '
+                    f'{request.transition.label!r} is not available from '
+                    f'{node._state_machine.current_state[1]}')
+                response.success = False
+                return response
+
         async def threaded_change_state(request: Any, response: Any) -> Any:
             if not self._lock.acquire(blocking=False):
                 node.get_logger().warning(
@@ -58,7 +74,7 @@ class ThreadedTransitions:
                 response.success = False
                 return response
             try:
-                return await run_in_thread(node.executor, change_state, request, response)
+                return await run_in_thread(node.executor, guarded, request, response)
             finally:
                 self._lock.release()
         # Its own reentrant group: the suspended coroutine must not hold the default group,

@@ -29,7 +29,7 @@ from std_msgs.msg import Header
 from pls_perception import paths
 
 if TYPE_CHECKING:
-    from pls_perception.nodes.perception_node import Classification as Result
+    from pls_perception.pipeline.frame_pipeline import Classification as Result
 
 CLASSIFICATION_TOPIC = '~/classification'
 LABEL_INFO_TOPIC = '~/label_info'

@@ -18,8 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pls_perception import bags
 from pls_perception.errors import PlsError
+from pls_perception.io import bag_report, bags, replay
 
 
 def _add_source_args(parser: argparse.ArgumentParser) -> None:
@@ -127,7 +127,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def _source_overrides(args: argparse.Namespace, source: str) -> list:
     from rclpy.parameter import Parameter
 
-    rate_hz = args.rate_hz if args.rate_hz is not None else (0.0 if bags.is_bag(source) else 10.0)
+    rate_hz = args.rate_hz if args.rate_hz is not None else (0.0 if replay.is_bag(source) else 10.0)
     values = {
         'source': str(source), 'split': args.split, 'limit': args.limit or 0,
         'per_class': args.per_class or 0, 'bag_topic': args.topic or '',
@@ -238,9 +238,9 @@ def _wait_for_publishers(executor, recorder, timeout_s: float) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    recording = bags.read_recording(args.record)
+    recording = bag_report.read_recording(args.record)
     truth = bags.read_labels(args.ground_truth)
-    report = bags.compute_report(recording, truth, args.deadline_ms)
+    report = bag_report.compute_report(recording, truth, args.deadline_ms)
     out = Path(args.output_dir or f'{str(args.record).rstrip("/")}_report')
     out.mkdir(parents=True, exist_ok=True)
     frames = report['frames']
@@ -250,14 +250,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(f, fieldnames=list(frames[0]) if frames else ['stamp_ns'])
         writer.writeheader()
         writer.writerows(frames)
-    bags.plot_report(report, out / 'report.png')
+    bag_report.plot_report(report, out / 'report.png')
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f'replay report: {args.record}')
     table.add_column('metric')
     table.add_column('value', justify='right')
-    for name, value in bags.report_table(report):
+    for name, value in bag_report.report_table(report):
         table.add_row(name, value)
     Console().print(table)
     print(f'wrote {out / "report.json"}, {out / "frames.csv"}, {out / "report.png"}')

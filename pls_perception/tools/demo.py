@@ -28,8 +28,8 @@ import numpy as np
 import yaml
 
 from pls_perception import paths
-from pls_perception.budget_schedule import BudgetSchedule
-from pls_perception.profiles import OperatingPointProfile, load_profile
+from pls_perception.operating_points.budget_schedule import BudgetSchedule
+from pls_perception.operating_points.profiles import OperatingPointProfile, load_profile
 
 PERCEPTION = 'pls_perception_node'
 MANAGER = 'dvfs_manager'
@@ -416,8 +416,8 @@ def resolve_inputs(args: argparse.Namespace, work_dir: Path) -> tuple[str, str, 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     console = _console()
-    from pls_perception.nodes.dvfs_manager_node import default_profile_path
-    from pls_perception.nodes.graph_probe import NodeProcess
+    from pls_perception.operating_points.profiles import default_profile_path
+    from pls_perception.testing.graph_probe import NodeProcess
 
     profile_path = args.profile or str(default_profile_path())
     profile = load_profile(profile_path)

@@ -17,14 +17,15 @@ from pathlib import Path
 import torch
 
 from pls_perception import paths
-from pls_perception.bn_recalibration import calibration_images, recalibrate, save_bn_states
-from pls_perception.complexity import count_parameters
-from pls_perception.datasets import load_cifar10, load_image_folder
 from pls_perception.errors import PlsError
-from pls_perception.evaluation import (PAPER_FULL_ACCURACY, PAPER_TABLE1_PARAMS_M, RatioResult,
-                                       evaluate, measure_latency_ms)
-from pls_perception.skipping import Ratio, normalize_ratio
-from pls_perception.weights import LoadedModel, load_model
+from pls_perception.io.datasets import load_cifar10, load_image_folder
+from pls_perception.skipping.bn_recalibration import (calibration_images, recalibrate,
+                                                      save_bn_states)
+from pls_perception.skipping.complexity import count_parameters
+from pls_perception.skipping.evaluation import (PAPER_FULL_ACCURACY, PAPER_TABLE1_PARAMS_M,
+                                                RatioResult, evaluate, measure_latency_ms)
+from pls_perception.skipping.network import Ratio, normalize_ratio
+from pls_perception.skipping.weights import LoadedModel, load_model
 
 DEFAULT_RATIOS = '1.0,0.9,0.8,0.7,0.5,0.3,0.1'
 COLUMNS = ('ratio', 'accuracy', 'accuracy_loss_pp', 'loss', 'accuracy_bn', 'accuracy_loss_bn_pp',

@@ -19,15 +19,15 @@ import numpy as np
 import torch
 
 from pls_perception import paths
-from pls_perception.bn_recalibration import calibration_images, recalibrate
-from pls_perception.complexity import count_macs
-from pls_perception.datasets import load_cifar10
 from pls_perception.errors import PlsError
-from pls_perception.evaluation import evaluate
-from pls_perception.skip_plans import (COSTS, METHODS, PlanPolicy, SkipPlan, learn_plan,
-                                       load_plan, save_plan)
-from pls_perception.skipping import ProportionalPolicy
-from pls_perception.weights import LoadedModel, load_model
+from pls_perception.io.datasets import load_cifar10
+from pls_perception.skipping.bn_recalibration import calibration_images, recalibrate
+from pls_perception.skipping.complexity import count_macs
+from pls_perception.skipping.evaluation import evaluate
+from pls_perception.skipping.network import ProportionalPolicy
+from pls_perception.skipping.plans import (COSTS, METHODS, PlanPolicy, SkipPlan, learn_plan,
+                                           load_plan, save_plan)
+from pls_perception.skipping.weights import LoadedModel, load_model
 
 DEFAULT_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.5, 0.3, 0.1)
 DEFAULT_OUTPUT_DIR = Path('docs/results/plans')

@@ -22,9 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pls_perception.errors import ProfileError  # noqa: E402
-from pls_perception.optimizer import solve  # noqa: E402
-from pls_perception.profiles import (OperatingPointProfile, load_profile,  # noqa: E402
-                                     resolve_profile_path)
+from pls_perception.operating_points.optimizer import solve  # noqa: E402
+from pls_perception.operating_points.profiles import OperatingPointProfile  # noqa: E402
+from pls_perception.operating_points.profiles import load_profile, resolve_profile_path
 
 MEASURED = ('measured', 'paper')
 

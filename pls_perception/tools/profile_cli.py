@@ -9,7 +9,7 @@ Power: from a power model: another profile's (``--power-from``, default the ship
 profile) or explicit two-zone coefficients (``--power-model``): always 'modelled'.
 Accuracy: an accuracy table (``--accuracy``: pls-eval's table1.json, pls-plan compare's
 plan_comparison.json, or {'accuracy': {ratio: top1}}) or a CIFAR-10 evaluation of
-``--accuracy-images`` images through pls_perception.evaluation ('measured').
+``--accuracy-images`` images through pls_perception.skipping.evaluation ('measured').
 Skip policy: ``--skip-policy <plan.yaml>`` profiles a skip plan instead of PLS: latency and
 accuracy are taken under the plan, the table must have been made with that plan (and weights),
 and the profile records the plan (skip_policy). ``--from-profile <PLS profile>`` measures nothing:
@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -33,12 +33,14 @@ from pls_perception import paths
 from pls_perception.dvfs import BACKEND_NAMES, DvfsBackend, get_backend
 from pls_perception.engines import ENGINE_NAMES, InferenceEngine, make_engine
 from pls_perception.errors import PlsError
-from pls_perception.policy_profiles import (AccuracyTable, derive_plan_profile,
-                                            load_accuracy_table)
-from pls_perception.power_model import TwoZonePowerModel
-from pls_perception.profiles import (SCALING_RULE, OperatingPointProfile, load_profile,
-                                     resolve_profile_path, save_profile, scale_latency)
-from pls_perception.skip_plans import PlanPolicy, policy_info
+from pls_perception.operating_points.policy_profiles import (AccuracyTable, derive_plan_profile,
+                                                             load_accuracy_table)
+from pls_perception.operating_points.power_model import TwoZonePowerModel
+from pls_perception.operating_points.profiles import (SCALING_RULE, OperatingPointProfile,
+                                                      load_profile, resolve_profile_path,
+                                                      save_profile, scale_latency)
+from pls_perception.skipping.evaluation import evaluate_accuracy
+from pls_perception.skipping.plans import PlanPolicy, policy_info
 
 DEFAULT_RATIOS = '0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0'
 
@@ -108,16 +110,6 @@ def measure_latency_grid(engine: InferenceEngine, batch: np.ndarray, ratios: Seq
         ref = int(np.argmax(freqs))  # the one column measured
         latency[:, :] = scale_latency(latency[:, ref], freqs[ref], freqs)
     return latency, sources
-
-
-def evaluate_accuracy(loaded: Any, ratios: Sequence[float], n_per_class: int
-                      ) -> dict[float, float]:
-    from pls_perception.datasets import load_cifar10
-    from pls_perception.evaluation import evaluate
-    images, labels, _ = load_cifar10(paths.cifar10_tar(), split='test', per_class=n_per_class)
-    results = evaluate(loaded.model, images, labels, ratios, batch_size=50, progress=True,
-                       preprocessing=loaded.preprocessing)
-    return {float(r.ratio): r.accuracy for r in results}
 
 
 def power_model_from(args: argparse.Namespace) -> tuple[TwoZonePowerModel, str]:
@@ -208,7 +200,7 @@ def derive(args: argparse.Namespace) -> OperatingPointProfile:
 
 def measure(args: argparse.Namespace) -> OperatingPointProfile:
     """Latency measured on this machine under the skip policy, accuracy from a table or a run."""
-    from pls_perception.weights import load_model
+    from pls_perception.skipping.weights import load_model
     weights = args.weights or str(paths.reference_weights())
     # random weights are fine for timing; their accuracy must then come from --accuracy
     loaded = load_model(weights, arch=args.arch, allow_random=weights == 'random')

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from pls_perception.errors import ProfileError
-from pls_perception.optimizer import OBJECTIVES, STRATEGIES, OperatingPoint, solve
-from pls_perception.profiles import OperatingPointProfile, load_profile, resolve_profile_path
+from pls_perception.operating_points.optimizer import OBJECTIVES, STRATEGIES, OperatingPoint, solve
+from pls_perception.operating_points.profiles import (OperatingPointProfile, load_profile,
+                                                      resolve_profile_path)
 
 FIELDS: tuple[tuple[str, str], ...] = (
     ('keep_ratio', '{:.3g}'), ('freq_mhz', '{:.2f}'), ('latency_ms', '{:.3f}'),

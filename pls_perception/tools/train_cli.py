@@ -1,7 +1,8 @@
 """pls-train: fine-tune a ResNet so that PLS is accurate at every keep ratio, not only near 1.
 
 Trains on the train split of a CIFAR-10-layout tarball (the test split is refused) with the
-sandwich rule and in-place distillation (recipe and reasons: `pls_perception.training`), with a
+sandwich rule and in-place distillation (recipe and reasons: `pls_perception.skipping.training`),
+with a
 checkpoint every N steps, resumable with --resume. Writes into --out: the weights file (a plain
 torchvision state_dict that pls-eval, pls-plan, pls-profile and the node's ``weights`` parameter
 load unchanged), with --per-ratio-bn its BN file (the node's ``bn_recalibration`` parameter), the
@@ -20,15 +21,15 @@ from pathlib import Path
 import torch
 
 from pls_perception import paths
-from pls_perception.bn_recalibration import load_bn_states
-from pls_perception.datasets import CIFAR10_CLASSES
 from pls_perception.errors import PlsError
-from pls_perception.evaluation import evaluate
-from pls_perception.paper_profiles import DEFAULT_RATIOS
-from pls_perception.training import (BN_MODES, CHECKPOINT_NAME, CURVE_CSV, CURVE_JSON,
-                                     TRAIN_SPLIT, TrainConfig, Trainer, export_weights,
-                                     load_train_data)
-from pls_perception.weights import load_model, sha256_of
+from pls_perception.io.datasets import CIFAR10_CLASSES
+from pls_perception.skipping.bn_recalibration import load_bn_states
+from pls_perception.skipping.evaluation import evaluate
+from pls_perception.skipping.network import PROFILE_RATIOS
+from pls_perception.skipping.training import (BN_MODES, CHECKPOINT_NAME, CURVE_CSV, CURVE_JSON,
+                                              TRAIN_SPLIT, TrainConfig, Trainer, export_weights,
+                                              load_train_data)
+from pls_perception.skipping.weights import load_model, sha256_of
 
 SUMMARY_NAME = 'train_summary.json'
 DEFAULTS = TrainConfig(steps=1)
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument('--val-images', type=int, default=1000,
                        help='train-split images held out for the learning curve (0: none)')
     recipe = parser.add_argument_group('recipe')
-    recipe.add_argument('--ratios', default=','.join(f'{r:g}' for r in DEFAULT_RATIOS),
+    recipe.add_argument('--ratios', default=','.join(f'{r:g}' for r in PROFILE_RATIOS),
                         help='keep ratios to train and evaluate (1.0 is always included)')
     length = recipe.add_mutually_exclusive_group()
     length.add_argument('--epochs', type=float, default=2.0, help='length in epochs')

@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 from fake_sysfs import make_devfreq_gpu, make_policy
 
-from pls_perception.dvfs import DvfsBackend, SimulatedBackend, get_backend, snap_frequency_mhz
 from pls_perception import paths
-from pls_perception.dvfs.simulated import (ORIN_NANO_CPU_FREQUENCIES_MHZ,
-                                           profile_latency_model)
-from pls_perception.profiles import load_profile
+from pls_perception.dvfs import DvfsBackend, SimulatedBackend, get_backend, snap_frequency_mhz
+from pls_perception.dvfs.simulated import ORIN_NANO_CPU_FREQUENCIES_MHZ, profile_latency_model
+from pls_perception.operating_points.profiles import load_profile
 
 
 def test_snap_frequency() -> None:

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torchvision
 
-from pls_perception.preprocessing import CIFAR10_PREPROCESSING
-from pls_perception.skipping import SkippableResNet
-from pls_perception.weights import LoadedModel
+from pls_perception.skipping.network import SkippableResNet
+from pls_perception.skipping.preprocessing import CIFAR10_PREPROCESSING
+from pls_perception.skipping.weights import LoadedModel
 
 
 def _small_model() -> SkippableResNet:

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pls_perception.engines import (
-    TorchEngine, make_engine, onnxruntime_available, resolve_engine_name)
-from pls_perception.weights import LoadedModel
+from pls_perception.engines import (TorchEngine, make_engine, onnxruntime_available,
+                                    resolve_engine_name)
+from pls_perception.skipping.weights import LoadedModel
 
 
 def test_torch_by_name_ignores_onnxruntime_options(loaded_small: LoadedModel,

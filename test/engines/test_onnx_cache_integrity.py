@@ -23,7 +23,7 @@ import torchvision
 
 from pls_perception.engines import onnxruntime_engine as ort_engine
 from pls_perception.engines.onnxruntime_engine import OnnxRuntimeEngine
-from pls_perception.skipping import SkippableResNet
+from pls_perception.skipping.network import SkippableResNet
 
 pytestmark = pytest.mark.timeout(300)
 RATIOS = (1.0, 0.5)

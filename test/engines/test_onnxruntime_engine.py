@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from pls_perception.engines import TorchEngine
-from pls_perception.engines.onnxruntime_engine import (
-    CACHE_ENV, OnnxRuntimeEngine, default_cache_dir, execution_providers)
+from pls_perception.engines.onnxruntime_engine import (CACHE_ENV, OnnxRuntimeEngine,
+                                                       default_cache_dir, execution_providers)
 from pls_perception.errors import BackendError
-from pls_perception.skipping import SkippableResNet
+from pls_perception.skipping.network import SkippableResNet
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -224,8 +224,8 @@ def test_agrees_with_torch_engine_on_shared_test_slice(onnx_cache: Path) -> None
     from pls_perception import paths
     if not paths.reference_weights().is_file() or not paths.cifar10_tar().is_file():
         pytest.skip(f'needs the shared reference weights and CIFAR-10 in {paths.shared_dir()}')
-    from pls_perception.datasets import load_cifar10
-    from pls_perception.weights import load_model
+    from pls_perception.io.datasets import load_cifar10
+    from pls_perception.skipping.weights import load_model
     loaded = load_model(str(paths.reference_weights()))
     images, _, _ = load_cifar10(per_class=10)
     batch = loaded.preprocessing.to_tensor(images).numpy()
@@ -244,7 +244,7 @@ _RSS_CHILD = '''
 import json, sys
 import torch, torchvision
 from pls_perception.engines.onnxruntime_engine import OnnxRuntimeEngine
-from pls_perception.skipping import SkippableResNet
+from pls_perception.skipping.network import SkippableResNet
 torch.manual_seed(0)
 model = SkippableResNet(torchvision.models.resnet18(num_classes=10)).eval()
 def rss_mb():
@@ -271,7 +271,7 @@ def test_sessions_use_the_shared_weights_in_place(small_model: SkippableResNet,
 
 def test_policy_change_takes_effect_at_next_switch(small_model: SkippableResNet,
                                                    onnx_cache: Path) -> None:
-    from pls_perception.skipping import SkipPolicy
+    from pls_perception.skipping.network import SkipPolicy
 
     class KeepAll(SkipPolicy):
         name = 'keep_all'

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pls_perception.engines import TorchEngine
-from pls_perception.skipping import SkippableResNet
+from pls_perception.skipping.network import SkippableResNet
 
 
 def test_infer_matches_model_forward_at_each_ratio(small_model: SkippableResNet,

@@ -32,10 +32,10 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from std_msgs.msg import Float64, String  # noqa: E402
 
-from pls_perception.nodes.dvfs_manager_node import (  # noqa: E402
-    REJECTED_BUDGET_LOG_PERIOD_S, DvfsManagerNode)
-from pls_perception.profiles import (OperatingPointProfile, SkipPolicyInfo,  # noqa: E402
-                                     save_profile)
+from pls_perception.nodes.dvfs_manager_node import REJECTED_BUDGET_LOG_PERIOD_S  # noqa: E402
+from pls_perception.nodes.dvfs_manager_node import DvfsManagerNode
+from pls_perception.operating_points.profiles import OperatingPointProfile  # noqa: E402
+from pls_perception.operating_points.profiles import SkipPolicyInfo, save_profile
 
 RATIOS = (0.25, 0.5, 0.75, 1.0)
 FREQS_MHZ = (500.0, 1000.0, 1500.0)
@@ -302,11 +302,10 @@ def test_whole_graph_budget_step_loose_tight_loose(tmp_path: Path) -> None:
     planner publishing /latency_budget. The tight budget is derived from the latency measured
     at the loose point, so the step means the same on an idle and on a loaded machine."""
     from pls_perception import paths
-    from pls_perception.nodes.graph_probe import (MANAGER_MODULE, PERCEPTION_MODULE,
-                                                  probe_session, running_node)
-    from pls_perception.optimizer import solve
-    from pls_perception.profiles import load_profile
-    from pls_perception.nodes.dvfs_manager_node import default_profile_path
+    from pls_perception.operating_points.optimizer import solve
+    from pls_perception.operating_points.profiles import default_profile_path, load_profile
+    from pls_perception.testing.graph_probe import (MANAGER_MODULE, PERCEPTION_MODULE,
+                                                    probe_session, running_node)
     from pls_perception.tools.demo import generate_frames
 
     loose_ms = 1e4
@@ -553,8 +552,8 @@ def test_kill_9_and_restart_without_frames_is_noticed(
     """#16 finding 8: the perception node is killed with SIGKILL and restarted at once, and no
     frame flows: the manager logs once that it went away and once that it is back, and the
     restarted node runs the latest point again. The manager exits 0 on SIGINT, no ERROR."""
-    from pls_perception.nodes.graph_probe import (MANAGER_MODULE, PERCEPTION_MODULE,
-                                                  NodeProcess, PipelineProbe, probe_session)
+    from pls_perception.testing.graph_probe import (MANAGER_MODULE, PERCEPTION_MODULE, NodeProcess,
+                                                    PipelineProbe, probe_session)
     perception = {'weights': 'random', 'dvfs_backend': 'simulated'}  # left unconfigured
     point = (0.5, 1000.0)
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-from pls_perception.nodes.graph_probe import (NodeProcess, Received, ReceivedLog, make_image,
-                                              probe_session, rss_mb, stamp_ns_of)
+from pls_perception.testing.graph_probe import (NodeProcess, Received, ReceivedLog, make_image,
+                                                probe_session, rss_mb, stamp_ns_of)
 
 
 def test_make_image_round_trips_pixels_and_stamp() -> None:

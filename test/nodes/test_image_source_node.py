@@ -19,9 +19,9 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from pls_perception import bags  # noqa: E402
 from pls_perception.errors import BagError  # noqa: E402
-from pls_perception.image_conversion import image_to_rgb  # noqa: E402
+from pls_perception.io import bags  # noqa: E402
+from pls_perception.io.image_conversion import image_to_rgb  # noqa: E402
 from pls_perception.nodes.image_source_node import ImageSourceNode  # noqa: E402
 
 IMAGES = np.random.default_rng(3).integers(0, 256, (12, 4, 6, 3), dtype=np.uint8)

@@ -41,13 +41,12 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Float64  # noqa: E402
 
 from pls_perception import paths  # noqa: E402
-from pls_perception.datasets import load_cifar10  # noqa: E402
 from pls_perception.dvfs.simulated import ORIN_NANO_CPU_FREQUENCIES_MHZ  # noqa: E402
-from pls_perception.nodes.graph_probe import rss_mb  # noqa: E402
-from pls_perception.profiles import load_profile  # noqa: E402
-from pls_perception.nodes.perception_node import (  # noqa: E402
-    RECONFIGURE_REASON, PerceptionNode)
-from pls_perception.weights import LoadedModel, load_model  # noqa: E402
+from pls_perception.io.datasets import load_cifar10  # noqa: E402
+from pls_perception.nodes.perception_node import RECONFIGURE_REASON, PerceptionNode  # noqa: E402
+from pls_perception.operating_points.profiles import load_profile  # noqa: E402
+from pls_perception.skipping.weights import LoadedModel, load_model  # noqa: E402
+from pls_perception.testing.graph_probe import rss_mb  # noqa: E402
 
 F_MAX_MHZ = max(ORIN_NANO_CPU_FREQUENCIES_MHZ)
 BASE_PARAMS: dict[str, Any] = {
@@ -430,9 +429,8 @@ def test_stamp_frame_id_and_schema(harness: Callable[..., Harness], cifar: tuple
 
 # ---------------------------------------------------------------------------- live updates
 def power_at(freq_mhz: float) -> float:
-    from pls_perception.energy import profile_power_fn
-    from pls_perception.nodes.dvfs_manager_node import default_profile_path
-    from pls_perception.profiles import load_profile
+    from pls_perception.dvfs.energy import profile_power_fn
+    from pls_perception.operating_points.profiles import default_profile_path, load_profile
     return profile_power_fn(load_profile(default_profile_path()))(freq_mhz)
 
 

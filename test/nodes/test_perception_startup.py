@@ -17,8 +17,8 @@ import pytest
 from lifecycle_msgs.msg import Transition
 
 from pls_perception import paths
-from pls_perception.nodes.graph_probe import (PERCEPTION_MODULE, NodeProcess, PipelineProbe,
-                                              probe_session)
+from pls_perception.testing.graph_probe import (PERCEPTION_MODULE, NodeProcess, PipelineProbe,
+                                                probe_session)
 
 ANSWER_LIMIT_S = 0.5
 pytestmark = [

@@ -26,12 +26,13 @@ from lifecycle_msgs.msg import Transition
 from rclpy.serialization import deserialize_message, serialize_message
 from std_msgs.msg import Header
 
-from pls_perception import bags, paths
-from pls_perception.datasets import CIFAR10_CLASSES
+from pls_perception import paths
+from pls_perception.io import bag_report, bags
+from pls_perception.io.datasets import CIFAR10_CLASSES
 from pls_perception.nodes import typed_output
-from pls_perception.nodes.graph_probe import (MANAGER_MODULE, PERCEPTION_MODULE, PERCEPTION_NODE,
-                                              PipelineProbe, ReceivedLog, header_stamp_ns,
-                                              probe_session, running_node, stamp_ns_of)
+from pls_perception.testing.graph_probe import (MANAGER_MODULE, PERCEPTION_MODULE, PERCEPTION_NODE,
+                                                PipelineProbe, ReceivedLog, header_stamp_ns,
+                                                probe_session, running_node, stamp_ns_of)
 from pls_perception.tools import bag_cli
 
 MSGS, WHY_NOT = typed_output.load_vision_msgs()
@@ -65,7 +66,7 @@ sys.meta_path.insert(0, _BlockVisionMsgs())
 
 
 def _cifar(per_class: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    from pls_perception.datasets import load_cifar10
+    from pls_perception.io.datasets import load_cifar10
 
     images, labels, _ = load_cifar10(per_class=per_class)
     return images, labels
@@ -78,8 +79,8 @@ def _offline_top_k(images: np.ndarray) -> list[tuple[tuple[int, str, float], ...
 
     from pls_perception.dvfs import get_backend
     from pls_perception.engines import make_engine
-    from pls_perception.nodes.perception_node import FramePipeline, Setpoint
-    from pls_perception.weights import load_model
+    from pls_perception.pipeline.frame_pipeline import FramePipeline, Setpoint
+    from pls_perception.skipping.weights import load_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -232,8 +233,8 @@ def test_bag_record_stores_typed_results_and_report_reads_them(
     # the typed class ids read back are the ones the node put in frame_info for the same frame
     frame_info = {stamp_ns_of(json.loads(m.data)): json.loads(m.data)['class_id'] for _, _, _, m
                   in bags.read_messages(record, [f'/{PERCEPTION_NODE}/frame_info'])}
-    recording = bags.read_recording(record)
-    assert {bags.stamp_to_ns(r['stamp']): r['class_id'] for _, r in
+    recording = bag_report.read_recording(record)
+    assert {bag_report.stamp_to_ns(r['stamp']): r['class_id'] for _, r in
             recording.classifications} == frame_info
 
 

@@ -11,7 +11,7 @@ switch only replaces one immutable snapshot, and a forward pass reads the snapsh
 start, so a switch never lands in the middle of a forward.
 
 Optionally the model holds one set of BatchNorm running statistics per skip mask (see
-`pls_perception.bn_recalibration`), swapped in by the forward pass that uses that mask.
+`pls_perception.skipping.bn_recalibration`), swapped in by the forward pass that uses that mask.
 """
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 RESNET152_DEPTHS = (3, 8, 36, 3)
+# The keep ratios the shipped profiles (and the node's prebuilt graphs) cover.
+PROFILE_RATIOS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
 STAGE_NAMES = ('layer1', 'layer2', 'layer3', 'layer4')
 # A keep ratio: one value for every stage, or one value per stage.
 Ratio = Union[float, tuple[float, ...]]

@@ -16,7 +16,7 @@ import weakref
 import torch
 from torch import nn
 
-from pls_perception.skipping import STAGE_NAMES, Masks, Ratio, SkippableResNet
+from pls_perception.skipping.network import STAGE_NAMES, Masks, Ratio, SkippableResNet
 
 # model -> {(H, W): {module qualified name: MACs}}
 _MAC_CACHE: weakref.WeakKeyDictionary[SkippableResNet, dict[tuple[int, int], dict[str, int]]] = (

@@ -34,10 +34,11 @@ from typing import Any
 import numpy as np
 
 from pls_perception.errors import ProfileError, clip
-from pls_perception.file_inputs import load_json, read_text
-from pls_perception.profiles import PROPORTIONAL, OperatingPointProfile, SkipPolicyInfo
-from pls_perception.skip_plans import SkipPlan
-from pls_perception.skipping import ProportionalPolicy
+from pls_perception.io.file_inputs import load_json, read_text
+from pls_perception.operating_points.profiles import (PROPORTIONAL, OperatingPointProfile,
+                                                      SkipPolicyInfo)
+from pls_perception.skipping.network import ProportionalPolicy
+from pls_perception.skipping.plans import SkipPlan
 
 _FORMATS = ("pls-plan compare's plan_comparison.json/.csv, pls-eval's table1.json/.csv, "
             "{'accuracy': {ratio: top1}} or a list of {'ratio', 'accuracy'} rows")

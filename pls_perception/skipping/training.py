@@ -53,13 +53,12 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm import tqdm
 
-from pls_perception.bn_recalibration import recalibrate, save_bn_states
-from pls_perception.datasets import load_cifar10
 from pls_perception.errors import PlsError
-from pls_perception.evaluation import evaluate
-from pls_perception.paper_profiles import DEFAULT_RATIOS
-from pls_perception.preprocessing import Preprocessing
-from pls_perception.skipping import SkippableResNet, normalize_ratio
+from pls_perception.io.datasets import load_cifar10
+from pls_perception.skipping.bn_recalibration import recalibrate, save_bn_states
+from pls_perception.skipping.evaluation import evaluate
+from pls_perception.skipping.network import PROFILE_RATIOS, SkippableResNet, normalize_ratio
+from pls_perception.skipping.preprocessing import Preprocessing
 
 TRAIN_SPLIT = 'train'
 BN_MODES = ('frozen', 'batch')
@@ -79,7 +78,7 @@ class TrainConfig:
     """Everything that defines a run's result (a resume must use the same values)."""
 
     steps: int
-    ratios: tuple[float, ...] = DEFAULT_RATIOS
+    ratios: tuple[float, ...] = PROFILE_RATIOS
     batch_size: int = 64
     lr: float = 0.004
     warmup_steps: int | None = None      # None: 5 % of the steps

@@ -27,10 +27,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm import tqdm
 
 from pls_perception import paths
-from pls_perception.datasets import load_cifar10
 from pls_perception.errors import DatasetError, WeightsError, clip
-from pls_perception.preprocessing import Preprocessing
-from pls_perception.skipping import STAGE_NAMES, BnStats, Masks, Ratio, SkippableResNet
+from pls_perception.io.datasets import load_cifar10
+from pls_perception.skipping.network import STAGE_NAMES, BnStats, Masks, Ratio, SkippableResNet
+from pls_perception.skipping.preprocessing import Preprocessing
 
 FILE_FORMAT = 'pls_perception.bn_states/1'
 

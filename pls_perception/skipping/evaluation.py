@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pls_perception.complexity import count_macs, count_parameters
-from pls_perception.preprocessing import Preprocessing
-from pls_perception.skipping import Ratio, SkippableResNet
+from pls_perception import paths
+from pls_perception.skipping.complexity import count_macs, count_parameters
+from pls_perception.skipping.network import Ratio, SkippableResNet
+from pls_perception.skipping.preprocessing import Preprocessing
 
 # Table 1 of the paper (ResNet-152 on CIFAR-10): active parameters in millions per keep ratio.
 # Published reference values, printed beside ours; not measured here.
@@ -112,3 +114,13 @@ def measure_latency_ms(model: SkippableResNet, input_size: tuple[int, int], rati
             if i >= warmup:
                 durations.append(time.perf_counter() - start)
     return statistics.median(durations) * 1e3
+
+
+def evaluate_accuracy(loaded: Any, ratios: Sequence[float], n_per_class: int
+                      ) -> dict[float, float]:
+    """Top-1 per keep ratio on ``n_per_class`` shared CIFAR-10 test images per class."""
+    from pls_perception.io.datasets import load_cifar10
+    images, labels, _ = load_cifar10(paths.cifar10_tar(), split='test', per_class=n_per_class)
+    results = evaluate(loaded.model, images, labels, ratios, batch_size=50, progress=True,
+                       preprocessing=loaded.preprocessing)
+    return {float(r.ratio): r.accuracy for r in results}

@@ -35,7 +35,8 @@ energy per frame is ``energy_mj = power_w * power_scale * latency_ms`` (W * ms =
 
 ``skip_policy`` says which skipping policy the ratios (and so the accuracy per ratio) belong to:
 ``proportional`` (PLS, the default, so older files stay valid) or a skip plan, identified by the
-fingerprint of its removal order (:attr:`pls_perception.skip_plans.SkipPlan.fingerprint`) and the
+fingerprint of its removal order (:attr:`pls_perception.skipping.plans.SkipPlan.fingerprint`)
+and the
 weights it was learned on.
 """
 from __future__ import annotations
@@ -48,88 +49,23 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pls_perception.errors import ProfileError, clip
-from pls_perception.file_inputs import load_yaml
+from pls_perception.errors import PlsError, ProfileError, clip, shown
+from pls_perception.io.file_inputs import load_yaml
+from pls_perception.operating_points.power_model import TwoZonePowerModel
 from pls_perception.paths import config_dir
-from pls_perception.power_model import TwoZonePowerModel
+# A profile records the skip policy its accuracy holds under; PROPORTIONAL_POLICY is re-exported
+# for the nodes, which compare policy names.
+from pls_perception.skipping.policy_info import (PROPORTIONAL, PROPORTIONAL_POLICY,  # noqa: F401
+                                                 SkipPolicyInfo)
 
 SCHEMA_VERSION = 1
 SOURCES: tuple[str, ...] = ('measured', 'paper', 'scaled', 'modelled')
 DEVICE_KINDS: tuple[str, ...] = ('cpu', 'gpu')
 SCALING_RULE = 't(r,f) = t(r,f_ref) * f_ref / f'
-PROPORTIONAL_POLICY = 'proportional'
-_HEX = frozenset('0123456789abcdef')
+# The profile the nodes use when none is given.
+DEFAULT_PROFILE_NAME = 'orin_nano_cpu.yaml'
 
 
-def _shown(value: Any) -> str:
-    """A value from a profile as an error message shows it (clipped: files can be huge)."""
-    return clip(repr(value))
-
-
-def _is_sha256(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX
-
-
-@dataclass(frozen=True)
-class SkipPolicyInfo:
-    """Which skipping policy a profile's ratios belong to: PLS, or one skip plan.
-
-    ``name`` is the policy's name as the nodes report it ('proportional' or 'plan:<file stem>');
-    a plan also carries ``plan_fingerprint`` (sha256 of its removal order: what makes two plans
-    the same), the sha256 of the weights it was learned on and, for the reader, its file.
-    """
-
-    name: str = PROPORTIONAL_POLICY
-    plan_fingerprint: str | None = None
-    weights_sha256: str | None = None
-    plan_file: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.is_proportional:
-            extra = [k for k in ('plan_fingerprint', 'weights_sha256', 'plan_file')
-                     if getattr(self, k) is not None]
-            if extra:
-                raise ProfileError(f'skip_policy {PROPORTIONAL_POLICY!r} takes no {extra!r}')
-            return
-        if not isinstance(self.name, str) or not self.name.startswith('plan:') \
-                or len(self.name) == len('plan:'):
-            raise ProfileError(f"skip_policy name must be {PROPORTIONAL_POLICY!r} or "
-                               f"'plan:<name>', got {_shown(self.name)}")
-        if not _is_sha256(self.plan_fingerprint):
-            raise ProfileError(f'skip_policy plan_fingerprint must be 64 lowercase hex digits, '
-                               f'got {_shown(self.plan_fingerprint)}')
-        if self.weights_sha256 is not None and not _is_sha256(self.weights_sha256):
-            raise ProfileError(f'skip_policy weights_sha256 must be 64 lowercase hex digits, '
-                               f'got {_shown(self.weights_sha256)}')
-        if self.plan_file is not None and not isinstance(self.plan_file, str):
-            raise ProfileError(
-                f'skip_policy plan_file must be a string, got {_shown(self.plan_file)}')
-
-    @property
-    def is_proportional(self) -> bool:
-        return self.name == PROPORTIONAL_POLICY
-
-    def to_dict(self) -> str | dict[str, Any]:
-        if self.is_proportional:
-            return PROPORTIONAL_POLICY
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, value: Any) -> SkipPolicyInfo:
-        """'proportional' (or absent: None) or a mapping of the fields; ProfileError else."""
-        if value is None or value == PROPORTIONAL_POLICY:
-            return cls()
-        if not isinstance(value, dict):
-            raise ProfileError(f"skip_policy must be {PROPORTIONAL_POLICY!r} or a mapping "
-                               f"{{name: 'plan:<name>', plan_fingerprint, weights_sha256, "
-                               f"plan_file}}, got {_shown(value)}")
-        unknown = sorted(set(value) - {'name', 'plan_fingerprint', 'weights_sha256', 'plan_file'})
-        if unknown:
-            raise ProfileError(f'skip_policy has unknown keys {_shown(unknown)}')
-        return cls(**value)
-
-
-PROPORTIONAL = SkipPolicyInfo()
 
 
 @dataclass(frozen=True, eq=False)
@@ -169,24 +105,24 @@ class OperatingPointProfile:
             'power_scale', self.power_scale, 1, (r,))
         if self.device_kind not in DEVICE_KINDS:
             raise ProfileError(f'device kind must be one of {DEVICE_KINDS}, '
-                               f'got {_shown(self.device_kind)}')
+                               f'got {shown(self.device_kind)}')
         if r == 0 or f == 0:
             raise ProfileError(f'need at least one ratio and one frequency, got {r} and {f}')
         if np.any(ratios <= 0) or np.any(ratios > 1) or np.any(np.diff(ratios) <= 0):
             raise ProfileError(f'ratios must be strictly increasing in (0, 1], '
-                               f'got {_shown(ratios.tolist())}')
+                               f'got {shown(ratios.tolist())}')
         if np.any(freqs <= 0) or np.any(np.diff(freqs) <= 0):
             raise ProfileError(f'frequencies_mhz must be strictly increasing and positive, '
-                               f'got {_shown(freqs.tolist())}')
+                               f'got {shown(freqs.tolist())}')
         if np.any(accuracy < 0) or np.any(accuracy > 1):
             raise ProfileError(
-                f'accuracy must be fractions in [0, 1], got {_shown(accuracy.tolist())}')
+                f'accuracy must be fractions in [0, 1], got {shown(accuracy.tolist())}')
         for name, arr in (('latency_ms', latency), ('power_w', power), ('power_scale', scale)):
             if np.any(arr <= 0):
-                raise ProfileError(f'{name} must be positive, got {_shown(arr.tolist())}')
+                raise ProfileError(f'{name} must be positive, got {shown(arr.tolist())}')
         if not np.any(np.isclose(freqs, self.reference_frequency_mhz)):
             raise ProfileError(f'reference_frequency_mhz must be one of frequencies_mhz, '
-                               f'got {_shown(self.reference_frequency_mhz)}')
+                               f'got {shown(self.reference_frequency_mhz)}')
         shapes = {'accuracy': (r,), 'latency_ms': (r, f), 'power_w': (f,), 'power_scale': (r,)}
         sources = {}
         for name, shape in shapes.items():
@@ -198,14 +134,14 @@ class OperatingPointProfile:
             set_(self, name, arr)
         if not isinstance(self.skip_policy, SkipPolicyInfo):
             raise ProfileError(
-                f'skip_policy must be a SkipPolicyInfo, got {_shown(self.skip_policy)}')
+                f'skip_policy must be a SkipPolicyInfo, got {shown(self.skip_policy)}')
         weights = self.model.get('sha256')
         if (self.skip_policy.weights_sha256 is not None and weights is not None
                 and weights != self.skip_policy.weights_sha256):
             raise ProfileError(
-                f'skip_policy {_shown(self.skip_policy.name)} was learned on weights with sha256 '
-                f'{_shown(self.skip_policy.weights_sha256)}, but the profile is for weights '
-                f'{_shown(weights)}')
+                f'skip_policy {shown(self.skip_policy.name)} was learned on weights with sha256 '
+                f'{shown(self.skip_policy.weights_sha256)}, but the profile is for weights '
+                f'{shown(weights)}')
         set_(self, 'sources', sources)
         set_(self, 'notes', tuple(self.notes))
         energy = scale[:, None] * power[None, :] * latency
@@ -270,12 +206,12 @@ def _array(name: str, value: Any, ndim: int, shape: tuple[int, ...] | None = Non
     try:
         arr = np.array(value, dtype=float)
     except (TypeError, ValueError, OverflowError) as e:
-        raise ProfileError(f'{name} must be numeric, got {_shown(value)}') from e
+        raise ProfileError(f'{name} must be numeric, got {shown(value)}') from e
     if arr.ndim != ndim or (shape is not None and arr.shape != shape):
         want = shape if shape is not None else f'{ndim}-D'
         raise ProfileError(f'{name} must have shape {want}, got {arr.shape}')
     if not np.all(np.isfinite(arr)):
-        raise ProfileError(f'{name} must be finite, got {_shown(arr.tolist())}')
+        raise ProfileError(f'{name} must be finite, got {shown(arr.tolist())}')
     return arr
 
 
@@ -289,7 +225,7 @@ def _sources(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
         raise ProfileError(f'{name} source must be one string or shape {shape}, got {arr.shape}')
     bad = sorted({str(v) for v in arr.ravel() if v not in SOURCES})
     if bad:
-        raise ProfileError(f'{name} source must be one of {SOURCES}, got {_shown(bad)}')
+        raise ProfileError(f'{name} source must be one of {SOURCES}, got {shown(bad)}')
     arr = arr.astype(str)
     arr.setflags(write=False)
     return arr
@@ -299,7 +235,7 @@ def _section(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     value = data.get(key)
     if not isinstance(value, dict) or 'values' not in value:
         raise ProfileError(f'{where}: {key!r} must be a mapping with values and source, '
-                           f'got {_shown(value)}')
+                           f'got {shown(value)}')
     return value
 
 
@@ -309,7 +245,7 @@ def profile_from_dict(data: Any, where: str = '<dict>') -> OperatingPointProfile
         raise ProfileError(f'{where}: a profile must be a YAML mapping, got {type(data).__name__}')
     if data.get('schema_version') != SCHEMA_VERSION:
         raise ProfileError(f'{where}: schema_version must be {SCHEMA_VERSION}, '
-                           f'got {_shown(data.get("schema_version"))}')
+                           f'got {shown(data.get("schema_version"))}')
     missing = [k for k in ('device', 'ratios', 'frequencies_mhz', 'reference_frequency_mhz',
                            'accuracy', 'latency_ms', 'power_w') if k not in data]
     if missing:
@@ -317,7 +253,7 @@ def profile_from_dict(data: Any, where: str = '<dict>') -> OperatingPointProfile
     device = data['device']
     if not isinstance(device, dict) or 'kind' not in device:
         raise ProfileError(
-            f'{where}: device must be a mapping with name and kind, got {_shown(device)}')
+            f'{where}: device must be a mapping with name and kind, got {shown(device)}')
     accuracy = _section(data, 'accuracy', where)
     latency = _section(data, 'latency_ms', where)
     power = _section(data, 'power_w', where)
@@ -326,13 +262,13 @@ def profile_from_dict(data: Any, where: str = '<dict>') -> OperatingPointProfile
         scale = _section(data, 'power_scale', where)
     power_spec = power.get('model')
     if power_spec is not None and not isinstance(power_spec, dict):
-        raise ProfileError(f'{where}: power_w.model must be a mapping, got {_shown(power_spec)}')
+        raise ProfileError(f'{where}: power_w.model must be a mapping, got {shown(power_spec)}')
     try:
         power_model = (TwoZonePowerModel.from_dict(power_spec) if power_spec is not None
                        else None)
         ref = data['reference_frequency_mhz']
         if isinstance(ref, bool) or not isinstance(ref, (int, float)):
-            raise ProfileError(f'reference_frequency_mhz must be a number, got {_shown(ref)}')
+            raise ProfileError(f'reference_frequency_mhz must be a number, got {shown(ref)}')
         return OperatingPointProfile(
             device_name=str(device.get('name', 'unnamed')), device_kind=device['kind'],
             ratios=data['ratios'], frequencies_mhz=data['frequencies_mhz'],
@@ -349,6 +285,24 @@ def profile_from_dict(data: Any, where: str = '<dict>') -> OperatingPointProfile
         raise ProfileError(f'{where}: {e}') from e
     except (ValueError, TypeError, OverflowError) as e:
         raise ProfileError(f'{where}: {clip(str(e), 300)}') from e
+
+
+def default_profile_path() -> Path:
+    """The shipped Orin Nano CPU profile."""
+    return config_dir() / 'profiles' / DEFAULT_PROFILE_NAME
+
+
+def shipped_profiles_for(policy_name: str, device_name: str) -> list[Path]:
+    """The shipped profiles (config/profiles) made for ``policy_name``, ``device_name``'s first."""
+    found = []
+    for path in sorted((config_dir() / 'profiles').glob('*.yaml')):
+        try:
+            profile = load_profile(path)
+        except (PlsError, OSError, ValueError):
+            continue
+        if profile.skip_policy.name == policy_name:
+            found.append((profile.device_name != device_name, str(path)))
+    return [Path(p) for _, p in sorted(found)]
 
 
 def load_profile(path: str | Path) -> OperatingPointProfile:

@@ -2,7 +2,8 @@
 
 The paper (Chan et al., "Optimization of Layer Skipping and Frequency Scaling for CNNs under
 Latency Constraint") gives only a few numbers; everything else is derived here by stated rules so
-the YAML files are reproducible (``python -m pls_perception.paper_profiles --help``):
+the YAML files are reproducible
+(``python -m pls_perception.operating_points.paper_profiles --help``):
 
 GPU (306-624.75 MHz): full ResNet-152 13 ms at 612 MHz and 26.5 ms at 306 MHz, 35 mJ/frame;
 PLS-20 (our keep_ratio 0.2: 4.5/13 = 35 % of the full latency matches keeping 12 of 50 blocks)
@@ -24,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pls_perception.dvfs.simulated import (ORIN_NANO_CPU_FREQUENCIES_MHZ,
-                                           ORIN_NANO_GPU_FREQUENCIES_MHZ)
 from pls_perception import paths
+from pls_perception.operating_points.power_model import TwoZonePowerModel, fit_two_zone
+from pls_perception.operating_points.profiles import (SCALING_RULE, OperatingPointProfile,
+                                                      save_profile)
 from pls_perception.paths import config_dir
-from pls_perception.power_model import TwoZonePowerModel, fit_two_zone
-from pls_perception.profiles import SCALING_RULE, OperatingPointProfile, save_profile
-from pls_perception.skipping import RESNET152_DEPTHS, blocks_kept
+from pls_perception.skipping.network import PROFILE_RATIOS, RESNET152_DEPTHS, blocks_kept
 
 # The paper's reported figures (inputs, not our measurements).
 GPU_REF_MHZ, GPU_LOW_MHZ = 612.0, 306.0
@@ -43,7 +43,12 @@ CPU_LINEAR_BELOW_MHZ = 1000.0
 # Absolute CPU scale: not among the paper's facts, so stated assumptions (all facts are ratios).
 CPU_FULL_LATENCY_MS_ASSUMED = 60.0
 CPU_POWER_AT_MAX_W_ASSUMED = 2.0
-DEFAULT_RATIOS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
+# Jetson Orin Nano CPU cpufreq table (kHz / 1000), 268.8 MHz .. 1.51 GHz: the paper's CPU range.
+ORIN_NANO_CPU_FREQUENCIES_MHZ: tuple[float, ...] = (
+    268.8, 345.6, 422.4, 499.2, 576.0, 652.8, 729.6, 806.4, 883.2, 960.0, 1036.8, 1113.6,
+    1190.4, 1267.2, 1344.0, 1420.8, 1497.6, 1510.4)
+# Jetson Orin Nano GPU devfreq table (Hz / 1e6).
+ORIN_NANO_GPU_FREQUENCIES_MHZ: tuple[float, ...] = (306.0, 408.0, 510.0, 612.0, 624.75)
 
 
 def blocks_fraction(ratio: float) -> int:
@@ -68,7 +73,7 @@ def _accuracy(accuracy: Mapping[float, float], ratios: Sequence[float]) -> list[
 
 
 def build_gpu_profile(accuracy: Mapping[float, float], accuracy_note: str,
-                      ratios: Sequence[float] = DEFAULT_RATIOS) -> OperatingPointProfile:
+                      ratios: Sequence[float] = PROFILE_RATIOS) -> OperatingPointProfile:
     freqs = np.array(ORIN_NANO_GPU_FREQUENCIES_MHZ)
     ref = block_latency_model(ratios, GPU_LATENCY_MS[1.0][GPU_REF_MHZ],
                               GPU_LATENCY_MS[0.2][GPU_REF_MHZ], 0.2)
@@ -159,7 +164,7 @@ def fit_cpu_parameters(freqs: np.ndarray) -> tuple[float, float, float, dict[str
 
 
 def build_cpu_profile(accuracy: Mapping[float, float], accuracy_note: str,
-                      ratios: Sequence[float] = DEFAULT_RATIOS) -> OperatingPointProfile:
+                      ratios: Sequence[float] = PROFILE_RATIOS) -> OperatingPointProfile:
     freqs = np.array(ORIN_NANO_CPU_FREQUENCIES_MHZ)
     f_ref = float(freqs.max())
     phi, knee, share, check = fit_cpu_parameters(freqs)
@@ -210,10 +215,10 @@ def load_accuracy_json(path: str | Path) -> tuple[dict[float, float], str]:
 
 def measure_accuracy(per_class: int, out: Path) -> tuple[dict[float, float], str]:
     """Evaluate the reference weights on CIFAR-10 test images; save the JSON to ``out``."""
-    from pls_perception.tools.profile_cli import evaluate_accuracy
-    from pls_perception.weights import load_model
+    from pls_perception.skipping.evaluation import evaluate_accuracy
+    from pls_perception.skipping.weights import load_model
     loaded = load_model(str(paths.reference_weights()))
-    acc = evaluate_accuracy(loaded, DEFAULT_RATIOS, per_class)
+    acc = evaluate_accuracy(loaded, PROFILE_RATIOS, per_class)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({'images': per_class * 10, 'split': 'test', 'per_class': per_class,
                                'weights': loaded.source, 'sha256': loaded.sha256,

@@ -10,7 +10,8 @@ Pure functions of a profile: no hardware. Two strategies so they can be compared
 If nothing meets the budget, both return a point flagged ``feasible=False`` with a reason:
 ``on_infeasible='fastest'`` (the paper's constraint order) gives the fastest accuracy-feasible
 point; ``'relax_accuracy'`` (deadline first, for hard real-time users) gives the most accurate
-point that meets the budget, least objective among equals, else the fastest point of all. :class:`OperatingPointSelector` adds hysteresis so budget jitter
+point that meets the budget, least objective among equals, else the fastest point of all.
+:class:`OperatingPointSelector` adds hysteresis so budget jitter
 does not make the point flip back and forth. All work is numpy on the whole grid (< 1 ms for
 100 x 100, see bench/bench_optimizer.py).
 """
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pls_perception.profiles import OperatingPointProfile
+from pls_perception.operating_points.profiles import OperatingPointProfile
 
 OBJECTIVES: tuple[str, ...] = ('edp', 'energy', 'latency')
 STRATEGIES: tuple[str, ...] = ('joint', 'alg2')
@@ -176,7 +177,8 @@ class OperatingPointSelector:
         if strategy not in STRATEGIES:
             raise ValueError(f'strategy must be one of {STRATEGIES}, got {strategy!r}')
         if on_infeasible not in ON_INFEASIBLE:
-            raise ValueError(f'on_infeasible must be one of {ON_INFEASIBLE}, got {on_infeasible!r}')
+            raise ValueError(
+                f'on_infeasible must be one of {ON_INFEASIBLE}, got {on_infeasible!r}')
         self.on_infeasible = on_infeasible
         self.profile = profile
         self.accuracy_loss_max = check_accuracy_loss_max(accuracy_loss_max)

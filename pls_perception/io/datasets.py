@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from pls_perception import paths
-from pls_perception.image_conversion import DEFAULT_MAX_PIXELS
+from pls_perception.io.image_conversion import DEFAULT_MAX_PIXELS
 
 CIFAR10_CLASSES: tuple[str, ...] = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
                                     'frog', 'horse', 'ship', 'truck')

@@ -22,10 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torchvision
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
+from torchvision.transforms import InterpolationMode, functional as TF
 
-from pls_perception.image_conversion import box_sum
+from pls_perception.io.image_conversion import box_sum
 
 # A frame is box-filtered to no less than this many times the resize's output per axis, so the
 # antialiased resize still does the final (smooth) filtering.

@@ -19,11 +19,11 @@ import torchvision
 from torch import nn
 
 from pls_perception import paths
-from pls_perception.datasets import CIFAR10_CLASSES
 from pls_perception.errors import WeightsError, clip
-from pls_perception.preprocessing import (CIFAR10_PREPROCESSING, IMAGENET_PREPROCESSING,
-                                          Preprocessing, from_torchvision)
-from pls_perception.skipping import SkippableResNet
+from pls_perception.io.datasets import CIFAR10_CLASSES
+from pls_perception.skipping.network import SkippableResNet
+from pls_perception.skipping.preprocessing import (CIFAR10_PREPROCESSING, IMAGENET_PREPROCESSING,
+                                                   Preprocessing, from_torchvision)
 
 IMAGENET_CLASSES = 1000
 _SHOWN_KEYS = 5

@@ -33,11 +33,11 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from pls_perception.complexity import count_macs
-from pls_perception.errors import ProfileError, clip
-from pls_perception.file_inputs import load_yaml
-from pls_perception.profiles import PROPORTIONAL, SkipPolicyInfo
-from pls_perception.skipping import ProportionalPolicy, SkippableResNet, SkipPolicy
+from pls_perception.errors import ProfileError, shown
+from pls_perception.io.file_inputs import load_yaml
+from pls_perception.skipping.complexity import count_macs
+from pls_perception.skipping.network import ProportionalPolicy, SkippableResNet, SkipPolicy
+from pls_perception.skipping.policy_info import PROPORTIONAL, SkipPolicyInfo
 
 PLAN_FORMAT = 'pls_perception/skip_plan'
 PLAN_VERSION = 1
@@ -83,43 +83,43 @@ class SkipPlan:
         depths = tuple(self.depths)
         if not depths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
                              for n in depths):
-            raise ValueError(f'depths must be positive integers, got {_shown(self.depths)}')
+            raise ValueError(f'depths must be positive integers, got {shown(self.depths)}')
         order = tuple((int(s), int(b)) for s, b in self.order)
         # Before anything of the depths' size is built: the order lists every block once.
         removable = sum(n - 1 for n in depths)
         if len(order) != removable:
             raise ValueError(
-                f'the plan order must list every removable block of depths {_shown(depths)} '
+                f'the plan order must list every removable block of depths {shown(depths)} '
                 f'exactly once ({removable} blocks; block 0 of a stage is not removable), got '
                 f'{len(order)} entries')
         expected = set(removable_blocks(depths))
         if len(set(order)) != len(order):
-            raise ValueError(f'a block appears twice in the plan order, got {_shown(order)}')
+            raise ValueError(f'a block appears twice in the plan order, got {shown(order)}')
         if set(order) != expected:
             missing = sorted(expected - set(order))
             extra = sorted(set(order) - expected)
             raise ValueError(
                 f'the plan order must list every removable block of depths {depths} exactly once '
-                f'(block 0 of a stage is not removable); missing {_shown(missing)}, extra '
-                f'{_shown(extra)}')
+                f'(block 0 of a stage is not removable); missing {shown(missing)}, extra '
+                f'{shown(extra)}')
         if len(self.block_macs) != len(order) or any(m <= 0 for m in self.block_macs):
             raise ValueError(f'block_macs must hold one positive count per plan entry, got '
-                             f'{_shown(self.block_macs)}')
+                             f'{shown(self.block_macs)}')
         if len(self.costs) != len(order) or not all(math.isfinite(c) for c in self.costs):
             raise ValueError(
-                f'costs must hold one finite value per plan entry, got {_shown(self.costs)}')
+                f'costs must hold one finite value per plan entry, got {shown(self.costs)}')
         if self.method not in METHODS:
-            raise ValueError(f'method must be one of {METHODS}, got {_shown(self.method)}')
+            raise ValueError(f'method must be one of {METHODS}, got {shown(self.method)}')
         if self.cost not in COSTS:
-            raise ValueError(f'cost must be one of {COSTS}, got {_shown(self.cost)}')
+            raise ValueError(f'cost must be one of {COSTS}, got {shown(self.cost)}')
         if self.calibration_size < 1:
             raise ValueError(f'calibration_size must be >= 1, got {self.calibration_size!r}')
         sha = self.weights_sha256
         if sha is not None and (not isinstance(sha, str) or len(sha) != 64
                                 or any(c not in '0123456789abcdef' for c in sha)):
-            raise ValueError(f'weights_sha256 must be 64 lowercase hex digits, got {_shown(sha)}')
+            raise ValueError(f'weights_sha256 must be 64 lowercase hex digits, got {shown(sha)}')
         if len(self.input_size) != 2 or min(self.input_size) < 1:
-            raise ValueError(f'input_size must be (H, W) > 0, got {_shown(self.input_size)}')
+            raise ValueError(f'input_size must be (H, W) > 0, got {shown(self.input_size)}')
         object.__setattr__(self, 'depths', depths)
         object.__setattr__(self, 'order', order)
         object.__setattr__(self, 'block_macs', tuple(int(m) for m in self.block_macs))
@@ -237,19 +237,19 @@ class SkipPlan:
             raise ValueError(f'a plan must be a mapping, got {type(doc).__name__}')
         if doc.get('format') != PLAN_FORMAT or doc.get('version') != PLAN_VERSION:
             raise ValueError(f'expected format {PLAN_FORMAT!r} version {PLAN_VERSION}, got '
-                             f'{_shown(doc.get("format"))} version {_shown(doc.get("version"))}')
+                             f'{shown(doc.get("format"))} version {shown(doc.get("version"))}')
         missing = [k for k in _REQUIRED_KEYS if k not in doc]
         if missing:
             raise ValueError(f'missing required keys {missing!r}')
         plan_depths = tuple(_int(n, 'depths') for n in _list(doc['depths'], 'depths'))
         if depths is not None and plan_depths != tuple(depths):
-            raise ValueError(f'the plan is for depths {_shown(plan_depths)}, the model has '
+            raise ValueError(f'the plan is for depths {shown(plan_depths)}, the model has '
                              f'{tuple(depths)}')
         entries = _list(doc['removal_order'], 'removal_order')
         for entry in entries:
             if not isinstance(entry, dict) or not _ENTRY_KEYS <= set(entry):
                 raise ValueError(f'removal_order entries must be mappings with '
-                                 f'{sorted(_ENTRY_KEYS)}, got {_shown(entry)}')
+                                 f'{sorted(_ENTRY_KEYS)}, got {shown(entry)}')
         return cls(
             depths=plan_depths,
             order=tuple((_int(e['stage'], 'stage'), _int(e['block'], 'block')) for e in entries),
@@ -271,35 +271,30 @@ _REQUIRED_KEYS = ('depths', 'removal_order', 'method', 'cost', 'calibration_size
 _ENTRY_KEYS = frozenset(('stage', 'block', 'macs', 'cost'))
 
 
-def _shown(value: Any) -> str:
-    """A value from a plan file as an error message shows it (clipped: files can be huge)."""
-    return clip(repr(value))
-
-
 def _list(value: Any, what: str) -> list[Any]:
     if not isinstance(value, list):
-        raise ValueError(f'{what} must be a list, got {_shown(value)}')
+        raise ValueError(f'{what} must be a list, got {shown(value)}')
     return value
 
 
 def _int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f'{what} must be an integer, got {_shown(value)}')
+        raise ValueError(f'{what} must be an integer, got {shown(value)}')
     return value
 
 
 def _real(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f'{what} must be a number, got {_shown(value)}')
+        raise ValueError(f'{what} must be a number, got {shown(value)}')
     try:
         return float(value)
     except OverflowError as e:
-        raise ValueError(f'{what} must be finite, got {_shown(value)}') from e
+        raise ValueError(f'{what} must be finite, got {shown(value)}') from e
 
 
 def _str(value: Any, what: str) -> str:
     if not isinstance(value, str):
-        raise ValueError(f'{what} must be a string, got {_shown(value)}')
+        raise ValueError(f'{what} must be a string, got {shown(value)}')
     return value
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pls_perception.dvfs.base import DvfsBackend
-from pls_perception.profiles import OperatingPointProfile
+from pls_perception.operating_points.profiles import OperatingPointProfile
 
 LOG = logging.getLogger(__name__)
 
