@@ -1,0 +1,71 @@
+"""README and docs agree with the committed result files and the code.
+
+The README's result tables are rendered here from the files the tools wrote (pls-eval's
+table1.csv, pls-demo's summary.json); a figure typed in by hand, or left stale after a re-run,
+fails this test. The perception node's parameter reference must list every declared parameter,
+and every relative link must point at a file that exists.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+from pls_perception import paths
+from pls_perception.pipeline.parameters import PARAMETERS
+
+ROOT = paths.REPO_ROOT
+README = ROOT / 'README.md'
+TABLE1 = ROOT / 'docs' / 'results' / 'table1_combined' / 'table1.csv'
+DEMO = ROOT / 'docs' / 'results' / 'demo' / 'summary.json'
+
+
+def table1_rows() -> list[str]:
+    """README rows: r | top-1 | with BN recalibration | params (M) | MMACs."""
+    with TABLE1.open() as f:
+        return [f'| {float(r["ratio"]):g} | {float(r["accuracy"]) * 100:.2f} % | '
+                f'{float(r["accuracy_bn"]) * 100:.2f} % | {float(r["params_m"]):.2f} M | '
+                f'{int(r["macs"]) / 1e6:.1f} |' for r in csv.DictReader(f)]
+
+
+def demo_rows() -> list[str]:
+    """README rows: budget | frames | keep ratio | clock | latency p50/p95 | misses | energy."""
+    steps = json.loads(DEMO.read_text())['steps']
+    return [f'| {s["budget_ms"]:g} | {s["frames"]} | {s["keep_ratio_mean"]:.2f} | '
+            f'{s["freq_mhz_median"]:g} | {s["latency_ms_p50"]:.1f} / {s["latency_ms_p95"]:.1f} | '
+            f'{s["deadline_misses"]} | {s["energy_mj_per_frame"]:.1f} |'
+            for s in steps if s['frames'] >= 10]
+
+
+def test_readme_table1_is_the_committed_evaluation() -> None:
+    text = README.read_text()
+    missing = [row for row in table1_rows() if row not in text]
+    assert not missing, f'README Table 1 differs from {TABLE1}: {missing}'
+
+
+def test_readme_demo_table_is_the_committed_demo_run() -> None:
+    text = README.read_text()
+    missing = [row for row in demo_rows() if row not in text]
+    assert not missing, f'README demo table differs from {DEMO}: {missing}'
+
+
+def test_parameter_reference_lists_every_parameter() -> None:
+    text = (ROOT / 'docs' / 'perception_node.md').read_text()
+    missing = [spec.name for spec in PARAMETERS if f'| `{spec.name}` |' not in text]
+    assert not missing, f'docs/perception_node.md lacks {missing}'
+
+
+def test_relative_links_resolve() -> None:
+    broken = []
+    for page in [README, *sorted((ROOT / 'docs').glob('*.md'))]:
+        for target in re.findall(r'\]\(([^)#\s]+)[^)]*\)', page.read_text()):
+            if '://' in target:
+                continue
+            if not (page.parent / target).exists():
+                broken.append(f'{page.relative_to(ROOT)}: {target}')
+    assert not broken, broken
+
+
+def test_readme_stays_short() -> None:
+    assert len(README.read_text().splitlines()) <= 250
