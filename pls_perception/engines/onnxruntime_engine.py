@@ -45,6 +45,10 @@ built on a background thread while the previous ratio keeps serving; `status()` 
 is asked for: a cold start builds only what the first frame needs. The build thread is a daemon
 that `close` does not wait for, so a process can stop while a graph is being exported (every
 cache write is atomic, so an interrupted build leaves no partial entry).
+
+Over 500 lines: export, the content-addressed store, its verification on load and the sessions
+that share its tensors are one mechanism whose invariants (names are digests, placeholders point
+into the store) must change together.
 """
 from __future__ import annotations
 

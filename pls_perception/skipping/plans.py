@@ -16,6 +16,9 @@ runs only the blocks downstream of it. Plans are stored as YAML with the weights
 method and the calibration size, and validated when loaded: types, nesting, finite numbers and
 the block count are checked (against the model's depths when given) before anything is built
 from the file's numbers, so one absurd depth costs an error message, not the machine's memory.
+
+Over 500 lines: learning a plan, its file format with that validation, and the skip policy it
+becomes are one concept.
 """
 from __future__ import annotations
 

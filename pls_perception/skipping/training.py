@@ -31,6 +31,9 @@ generator seeded with (seed, s), and the batch order of epoch e from one seeded 
 the same seed, data and thread count give the same weights, and a run resumed from a checkpoint
 (model, optimizer, scheduler, BN states, RNG state, step) continues bit-identically.
 Only the train split is ever used; a held-out part of it gives the learning curve.
+
+Over 500 lines: the training step, its checkpoints and the determinism that makes resume
+bit-identical have to change together.
 """
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ image_source, budget_schedule) with the same parameter files (config/perception.
 config/dvfs_manager.yaml, config/demo.yaml) and overrides, drives the perception lifecycle node to
 active over its ChangeState service, shows a live view of the closed loop, and finally writes a
 timeline (CSV + PNG) and a summary per budget step (CSV + JSON) to ``--out``.
+
+Over 500 lines: one command's graph start-up, live view and summary, which share their state.
 """
 from __future__ import annotations
 
