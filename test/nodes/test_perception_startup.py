@@ -41,14 +41,15 @@ def _parameters(cache: Path, **extra: Any) -> dict[str, Any]:
 
 def _poll_answers(probe: PipelineProbe, until: threading.Event,
                   timeout_s: float) -> list[tuple[str, float]]:
-    """(state, seconds to answer get_state + get_parameters) until ``until`` is set."""
+    """(state, seconds to answer) of get_state and of get_parameters, until ``until`` is set."""
     answers: list[tuple[str, float]] = []
     deadline = time.monotonic() + timeout_s
     while not until.is_set() and time.monotonic() < deadline:
         t0 = time.perf_counter()
         state = probe.lifecycle_state(timeout_s=5.0)
+        t1 = time.perf_counter()
         probe.get_parameters(['keep_ratio'], timeout_s=5.0)
-        answers.append((state, time.perf_counter() - t0))
+        answers += [(state, t1 - t0), (f'{state} (get_parameters)', time.perf_counter() - t1)]
         time.sleep(0.05)
     return answers
 
@@ -100,7 +101,7 @@ def test_autostart_answers_from_the_first_moment_and_classifies(probe: PipelineP
         def watch() -> None:
             while not active.is_set():
                 answers.extend(_poll_answers(probe, active, 0.5))
-                if answers and answers[-1][0] == 'active':
+                if answers and answers[-2][0] == 'active':
                     active.set()
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
