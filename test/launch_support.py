@@ -249,6 +249,26 @@ def ros2_executable() -> Path | None:
     return None if found is None else Path(found)
 
 
+def ros2_cli(*args: str, env: dict[str, str] | None = None,
+             timeout_s: float = 60.0) -> subprocess.CompletedProcess:
+    """One ``ros2 ...`` command, as typed in a shell (``env`` carries the ament prefixes)."""
+    return subprocess.run([str(ros2_executable()), *args], capture_output=True, text=True,
+                          timeout=timeout_s, env=env)
+
+
+def poll(command: Callable[[], subprocess.CompletedProcess], done: Callable[[str], bool],
+         timeout_s: float) -> str:
+    """Repeat ``command`` until ``done(stdout)``; the last stdout (asserted done). CLI graph
+    queries go through the ros2 daemon, whose view of a new node lags behind discovery."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = command().stdout
+        if done(out) or time.monotonic() > deadline:
+            assert done(out), f'gave up after {timeout_s:g} s; last output:\n{out}'
+            return out
+        time.sleep(2.0)
+
+
 class RosLaunch:
     """``ros2 launch <args>`` in the background with its output in ``log``; stopped by SIGINT
     as Ctrl-C would (``with`` stops it on the way out, also when a test fails)."""

@@ -165,17 +165,14 @@ def test_perception_launch_from_install_classifies(install: Path, tmp_path: Path
         with RosLaunch([PACKAGE_NAME, 'perception.launch.py', f'weights:={weights}'],
                        tmp_path / 'launch.log', env) as run:
             run.wait_for_output('active: classifying', CONFIGURE_TIMEOUT_S)
-            echo = subprocess.run(
-                [str(launch_support.ros2_executable()), 'topic', 'echo', '--once',
-                 launch_support.CLASSIFICATION], env=env, capture_output=True, text=True,
-                timeout=60)
-            assert 'class_id' in echo.stdout, echo
+            launch_support.poll(lambda: launch_support.ros2_cli(
+                'topic', 'echo', '--once', launch_support.CLASSIFICATION, env=env,
+                timeout_s=30.0), lambda out: 'class_id' in out, 60.0)
             assert run.stop() == 0, run.output()
         assert f'configured: {weights}' in run.output()
         assert not launch_support.bad_lines(run.output()), run.output()
     finally:
-        subprocess.run([str(launch_support.ros2_executable()), 'daemon', 'stop'], env=env,
-                       capture_output=True, timeout=60)
+        launch_support.ros2_cli('daemon', 'stop', env=env)
         images.send_signal(signal.SIGINT)
         assert images.wait(30) == 0, (tmp_path / 'images.log').read_text()
 

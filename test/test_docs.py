@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-from pathlib import Path
 
 from pls_perception import paths
 from pls_perception.pipeline.parameters import PARAMETERS

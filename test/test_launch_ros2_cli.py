@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import launch_support
-from launch_support import CONFIGURE_TIMEOUT_S, LAUNCH_TOOLS_MISSING, PERCEPTION_NODE
+from launch_support import CONFIGURE_TIMEOUT_S, LAUNCH_TOOLS_MISSING, PERCEPTION_NODE, poll
+from launch_support import ros2_cli as ros2
 
 from pls_perception import paths
 
@@ -30,23 +30,6 @@ pytestmark = [
                        reason='needs the reference weights and CIFAR-10 (pls_perception.paths)'),
 ]
 BUDGET_MS = 80.0
-
-
-def ros2(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
-    """One ``ros2 ...`` command, as typed in a shell (the environment carries the prefix)."""
-    return subprocess.run([str(ROS2), *args], capture_output=True, text=True, timeout=timeout_s)
-
-
-def poll(command: Callable[[], subprocess.CompletedProcess], done: Callable[[str], bool],
-         timeout_s: float) -> str:
-    """Repeat ``command`` until ``done(stdout)``; the last stdout (asserted done)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        out = command().stdout
-        if done(out) or time.monotonic() > deadline:
-            assert done(out), f'gave up after {timeout_s:g} s; last output:\n{out}'
-            return out
-        time.sleep(2.0)
 
 
 def double_param(name: str) -> float:
@@ -92,9 +75,8 @@ def test_documented_commands_drive_the_demo(demo: launch_support.RosLaunch) -> N
     poll(lambda: ros2('param', 'get', PERCEPTION_NODE, 'keep_ratio'),
          lambda out: f'Double value is: {keep_ratio}' in out, 60.0)
 
-    classification = ros2('topic', 'echo', '--once', f'{PERCEPTION_NODE}/classification',
-                          timeout_s=30.0)
-    assert 'class_id' in classification.stdout, classification
+    poll(lambda: ros2('topic', 'echo', '--once', launch_support.CLASSIFICATION, timeout_s=30.0),
+         lambda out: 'class_id' in out, 60.0)
 
     assert demo.stop() == 0, demo.output()
     output = demo.output()

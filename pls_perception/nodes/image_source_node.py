@@ -28,6 +28,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 
 from pls_perception import paths
@@ -35,6 +36,7 @@ from pls_perception.errors import PlsError
 from pls_perception.io.bags import NS_PER_S, ImageFrame
 from pls_perception.io.replay import FrameSource, check_rates, publish_offset_ns
 from pls_perception.nodes.parameters import descriptor
+from pls_perception.nodes.spin import STOP_POLL_S, stop_requested
 
 STAMP_MODES = ('auto', 'now', 'recorded')
 
@@ -192,30 +194,36 @@ class ImageSourceNode(Node):
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    """Entry point of the ``image_source`` executable; returns when all frames are out."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = ImageSourceNode()
-        node.progress = node.progress or sys.stderr.isatty()
-        node.start()
-        while rclpy.ok() and not node.done.is_set():
-            rclpy.spin_once(node, timeout_sec=0.1)
-        if node.error is not None:
-            node.get_logger().error(f'{type(node.error).__name__}: {node.error}')
-            return 1
-        node.get_logger().info(f'published {node.published} frames')
-        return 0
-    except (KeyboardInterrupt, ExternalShutdownException):
-        return 0  # Ctrl-C, or ros2 launch stopping a looping source with SIGINT
-    except (PlsError, ValueError, OSError) as e:
-        print(f'image_source: {e}', file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.stop()
-            node.destroy_node()
-        rclpy.try_shutdown()
+    """Entry point of the ``image_source`` executable; returns when all frames are out or on
+    SIGINT/SIGTERM (exit code 0: how ``ros2 launch`` stops a looping source).
+
+    Signals only set an event (``spin.stop_requested``): the worker thread is stopped and joined
+    before the node and the context go away, never shut down under a ``publish`` in flight.
+    """
+    with stop_requested() as stop:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        node = None
+        try:
+            node = ImageSourceNode()
+            node.progress = node.progress or sys.stderr.isatty()
+            node.start()
+            while not stop.is_set() and not node.done.is_set():
+                rclpy.spin_once(node, timeout_sec=STOP_POLL_S)
+            if node.error is not None:
+                node.get_logger().error(f'{type(node.error).__name__}: {node.error}')
+                return 1
+            node.get_logger().info(f'published {node.published} frames')
+            return 0
+        except ExternalShutdownException:
+            return 0
+        except (PlsError, ValueError, OSError) as e:
+            print(f'image_source: {e}', file=sys.stderr)
+            return 2
+        finally:
+            if node is not None:
+                node.stop()
+                node.destroy_node()
+            rclpy.try_shutdown()
 
 
 if __name__ == '__main__':

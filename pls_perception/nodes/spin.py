@@ -1,11 +1,37 @@
 """The shared ``main()`` of the plain (non-lifecycle) nodes: start, spin, shut down cleanly."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
 
 import rclpy
 from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+
+# How often a spinning main() looks at the stop event (the latency of Ctrl-C).
+STOP_POLL_S = 0.1
+
+
+@contextlib.contextmanager
+def stop_requested() -> Iterator[threading.Event]:
+    """An event set by SIGINT (Ctrl-C, ``ros2 launch`` shutting down) or SIGTERM in the block.
+
+    Use with ``rclpy.init(signal_handler_options=SignalHandlerOptions.NO)`` and spin until the
+    event is set. rclpy's own handler shuts the context down from the signal, under threads that
+    may still be publishing, and raises KeyboardInterrupt at whatever bytecode runs; inside a
+    message conversion pybind11 turns that into a RuntimeError (a traceback and exit code 1).
+    """
+    stop = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set())
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def make_executor() -> Executor:
@@ -21,26 +47,29 @@ def make_executor() -> Executor:
 def spin_node(make_node: Callable[[], Node], node_name: str, args: list[str] | None = None,
               startup_errors: tuple[type[BaseException], ...] = (ValueError,),
               hint: str = '') -> int:
-    """Build the node, spin it until Ctrl-C or external shutdown; exit code 1 if it cannot start.
+    """Build the node, spin it until SIGINT/SIGTERM or external shutdown (exit code 0); exit
+    code 1 if it cannot start.
 
     ``startup_errors`` raised by ``make_node`` (a bad parameter, a missing profile) are logged as
     one fatal line, followed by ``hint`` saying what to do, instead of a traceback.
     """
-    rclpy.init(args=args)
-    node: Node | None = None
-    try:
+    with stop_requested() as stop:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        node: Node | None = None
         try:
-            node = make_node()
-        except startup_errors as e:
-            rclpy.logging.get_logger(node_name).fatal(f'cannot start: {e}{hint}')
-            return 1
-        executor = make_executor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass  # Ctrl-C (also while starting) or ros2 launch's SIGINT: a normal stop, exit 0
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+            try:
+                node = make_node()
+            except startup_errors as e:
+                rclpy.logging.get_logger(node_name).fatal(f'cannot start: {e}{hint}')
+                return 1
+            executor = make_executor()
+            executor.add_node(node)
+            while not stop.is_set():
+                executor.spin_once(timeout_sec=STOP_POLL_S)
+        except ExternalShutdownException:
+            pass
+        finally:
+            if node is not None:
+                node.destroy_node()
+            rclpy.try_shutdown()
     return 0
