@@ -40,6 +40,7 @@ from rclpy.lifecycle import (LifecycleNode, LifecyclePublisher, LifecycleState,
                              TransitionCallbackReturn)
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64, String
@@ -48,7 +49,7 @@ from pls_perception.engines import build_worker
 from pls_perception.errors import BackendError, ImageFormatError, PlsError, WeightsError
 from pls_perception.io.image_conversion import compressed_to_rgb, image_to_rgb
 from pls_perception.nodes.parameters import descriptor
-from pls_perception.nodes.spin import make_executor
+from pls_perception.nodes.spin import STOP_POLL_S, make_executor, stop_requested
 from pls_perception.nodes.threaded_transitions import ThreadedTransitions
 from pls_perception.nodes.typed_output import FRAME_INFO_TOPIC, TypedOutput, frame_info_json
 from pls_perception.pipeline.build import ModelLoader, build_pipeline
@@ -441,38 +442,43 @@ class PerceptionNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    """``ros2 run pls_perception perception_node``: spin the node until Ctrl-C."""
-    # rclpy 7 (Jazzy) init() returns None, not a context manager, hence try/finally.
-    rclpy.init(args=args)
-    node: Optional[PerceptionNode] = None
-    try:
-        node = PerceptionNode()
-        executor = make_executor()
-        executor.add_node(node)
-        if node.get_parameter('autostart').value:
-            # Off the executor thread: the node answers its services while it configures.
-            node.transitions.start(node.trigger_configure, node.trigger_activate)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
+    """``ros2 run pls_perception perception_node``: spin the node until SIGINT or SIGTERM.
+
+    The signal only sets an event (``spin.stop_requested``): rclpy's own handler would shut the
+    context down under the inference thread and raise KeyboardInterrupt inside whatever runs.
+    """
+    with stop_requested() as stop:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        node: Optional[PerceptionNode] = None
         transition_done = True
-        if node is not None:
-            transition_done = node.transitions.join(TRANSITION_JOIN_S)
-            if not transition_done:
-                node.get_logger().warning(
-                    f'a transition was still running {TRANSITION_JOIN_S:g} s after Ctrl-C; '
-                    'stopping anyway')
-            node.teardown()  # Ctrl-C skips the lifecycle: stop frames, free model and backend
-            node.destroy_node()
-        rclpy.try_shutdown()
-        if not (build_worker.join_all(BUILD_JOIN_S) and transition_done):
-            # A graph export is still inside torch/ONNX Runtime C++ code: a normal interpreter
-            # exit would abort in static destructors. ROS clean-up and the DVFS reset are done
-            # and cache writes are atomic, so end the process here.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
+        try:
+            node = PerceptionNode()
+            executor = make_executor()
+            executor.add_node(node)
+            if node.get_parameter('autostart').value:
+                # Off the executor thread: the node answers its services while it configures.
+                node.transitions.start(node.trigger_configure, node.trigger_activate)
+            while not stop.is_set():
+                executor.spin_once(timeout_sec=STOP_POLL_S)
+        except ExternalShutdownException:
+            pass
+        finally:
+            if node is not None:
+                transition_done = node.transitions.join(TRANSITION_JOIN_S)
+                if not transition_done:
+                    node.get_logger().warning(
+                        f'a transition was still running {TRANSITION_JOIN_S:g} s after the stop '
+                        'signal; stopping anyway')
+                node.teardown()  # the signal skips the lifecycle: free model, reset backend
+                node.destroy_node()
+            rclpy.try_shutdown()
+    if not (build_worker.join_all(BUILD_JOIN_S) and transition_done):
+        # A graph export is still inside torch/ONNX Runtime C++ code: a normal interpreter exit
+        # would abort in static destructors. ROS clean-up and the DVFS reset are done and cache
+        # writes are atomic, so end the process here.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == '__main__':
