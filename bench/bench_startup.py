@@ -57,7 +57,7 @@ def time_to_first_classification(probe: PipelineProbe, cache: Path, log_dir: Pat
     t0 = time.perf_counter()
     node = NodeProcess(PERCEPTION_MODULE, {
         'weights': str(paths.find_reference_weights()), 'dvfs_backend': 'simulated',
-        'autostart': True, 'onnx_cache_dir': str(cache), 'qos_reliability': 'reliable'},
+        'autostart': True, 'onnx_cache_dir': str(cache)},
         log_dir=log_dir)
     asker = threading.Thread(target=ask_state, daemon=True)
     asker.start()
