@@ -151,6 +151,7 @@ def check_replay(record: Path, bag: Path, out: Path) -> None:
     # ... and the node runs them: each frame's setpoint was published before it was classified
     # (or is the node's start setpoint, before the manager's first update arrived)
     for t, c in recording.classifications:
-        setpoint = (c['keep_ratio'], c['frequency_requested_mhz'])
+        # (the ratio that ran may lag the requested one while its graph is built)
+        setpoint = (c['keep_ratio_requested'], c['frequency_requested_mhz'])
         offered = {(p['keep_ratio'], p['freq_mhz']) for tp, p in points if tp <= t}
         assert setpoint in offered | {(1.0, 0.0)}, (setpoint, sorted(offered))

@@ -37,6 +37,11 @@ class InferenceEngine(ABC):
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Run the network: Nx3xHxW float32 in, NxC float32 logits out."""
 
+    def infer_at(self, batch: np.ndarray) -> tuple[np.ndarray, Any]:
+        """`infer`, and the keep ratio it ran at (an engine that switches ratios on another
+        thread, such as a background build finishing, overrides this to read both at once)."""
+        return self.infer(batch), self.keep_ratio
+
     @property
     def pending_ratios(self) -> tuple[Any, ...]:
         """Ratios asked for but not servable yet (engines that build per ratio override this)."""

@@ -376,12 +376,15 @@ class OnnxRuntimeEngine(InferenceEngine):
         self._queue_build(masks, ratio, urgent=True)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.infer_at(batch)[0]
+
+    def infer_at(self, batch: np.ndarray) -> tuple[np.ndarray, Ratio]:
         x = check_batch(batch)
         if x.shape[2:] != self.input_size:
             raise ValueError(
                 f'batch must be Nx3x{self.input_size[0]}x{self.input_size[1]}, got {x.shape!r}')
-        session = self._active.session
-        return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        graph = self._active     # one read: the build thread may switch it meanwhile
+        return graph.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], graph.ratio
 
     def close(self) -> None:
         """Drop the sessions; queued builds are cancelled, one in flight is not waited for."""

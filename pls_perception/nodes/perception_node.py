@@ -377,6 +377,7 @@ class PerceptionNode(LifecycleNode):
         info = {**pipeline.info, 'dvfs_backend': pipeline.backend.name,
                 'dvfs_real': bool(pipeline.backend.is_real),
                 'dvfs_emulation': pipeline.emulation,
+                'keep_ratio_requested': setpoint.keep_ratio,
                 'frequency_requested_mhz': setpoint.freq_mhz,
                 'queue_ms': round(queue_ms, 3), 'frames': self._counters.as_dict()}
         typed, publisher = self._typed, self._frame_info_pub

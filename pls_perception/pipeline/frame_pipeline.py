@@ -159,9 +159,10 @@ class FramePipeline:
                   else contextlib.nullcontext([]))
         with window as readings:
             t1 = time.perf_counter()
-            logits = self.engine.infer(batch)[0]
+            output, ratio = self.engine.infer_at(batch)
+            logits = output[0]
             compute_s = time.perf_counter() - t1
-            emulated_s = self.backend.emulate(compute_s, self.engine.keep_ratio, interrupt)
+            emulated_s = self.backend.emulate(compute_s, ratio, interrupt)
         energy = readings[0] if readings else None
         shifted = logits.astype(np.float64) - logits.max()
         probs = np.exp(shifted) / np.exp(shifted).sum()
@@ -169,7 +170,7 @@ class FramePipeline:
         top = tuple((int(i), self.class_names[i], float(probs[i])) for i in order)
         return Classification(
             class_id=top[0][0], label=top[0][1], score=top[0][2], top_k=top,
-            keep_ratio=float(self.engine.keep_ratio),
+            keep_ratio=float(ratio),
             freq_mhz=float(self.backend.current_frequency_mhz()),
             preprocess_ms=(t1 - t0) * 1e3, compute_ms=compute_s * 1e3,
             emulated_ms=emulated_s * 1e3,
