@@ -45,7 +45,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -530,8 +531,12 @@ def main(argv: list[str] | None = None) -> int:
     details: dict[str, Any] = {'frames': frames_source, 'weights': loaded.source,
                                'default_engine': args.default_engine, 'engines': {}}
     with probe_session() as probe:
-        def start_node(**params: Any) -> Any:
-            return running_node(PERCEPTION_MODULE, params, log_dir, activate_with=probe)
+        @contextmanager
+        def start_node(**params: Any) -> Iterator[Any]:
+            """An active node with every prebuilt graph loaded: none builds while measured."""
+            with running_node(PERCEPTION_MODULE, params, log_dir, activate_with=probe) as node:
+                probe.wait_for_graphs()
+                yield node
 
         for name in args.engines:
             print(f'engine {name}: preparing the bare engine (ONNX graphs from the cache)')

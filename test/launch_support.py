@@ -24,6 +24,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from pls_perception import paths
 from pls_perception.paths import PACKAGE_NAME, REPO_ROOT
 
 LAUNCH_TOOLS_MISSING = (
@@ -36,6 +39,10 @@ CONFIGURE_TIMEOUT_S = 240.0
 # Bad-output markers: an ERROR/FATAL log line or a traceback from any launched process.
 BAD_OUTPUT = ('[ERROR]', '[FATAL]', 'Traceback (most recent call last)')
 PERCEPTION_NODE = '/pls_perception_node'
+# The launch tests run the real network on real images.
+needs_data = pytest.mark.skipif(
+    not (paths.reference_weights().is_file() and paths.cifar10_tar().is_file()),
+    reason='needs the reference weights and CIFAR-10 (pls_perception.paths)')
 CLASSIFICATION = f'{PERCEPTION_NODE}/classification'
 
 
@@ -221,6 +228,28 @@ class LifecycleDriver:
 
         assert self._change.wait_for_service(timeout_sec=30.0), 'no change_state service'
         self._change.call_async(ChangeState.Request(transition=Transition(id=transition_id)))
+
+
+def launch_description(launch_name: str, arguments: dict[str, str] | None = None,
+                       *actions: Any) -> Any:
+    """What a launch test starts: ``launch/<launch_name>`` with ``arguments``, then ``actions``,
+    then ReadyToTest."""
+    import launch
+    import launch_testing.actions
+    from launch.actions import IncludeLaunchDescription
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+    included = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(str(launch_file(launch_name))),
+        launch_arguments=(arguments or {}).items())
+    return launch.LaunchDescription([included, *actions, launch_testing.actions.ReadyToTest()])
+
+
+def perception_with_images(autostart: bool) -> Any:
+    """perception.launch.py with the reference weights and ``autostart``, images beside it."""
+    return launch_description(
+        'perception.launch.py', {'weights': str(paths.find_reference_weights()),
+                                 'autostart': str(autostart).lower()}, image_source_node())
 
 
 def image_source_node() -> Any:

@@ -34,9 +34,7 @@ pytestmark = pytest.mark.skipif(not COLCON.is_file(),
                                        'requirements-test.txt)')
 needs_ros2 = pytest.mark.skipif(launch_support.ros2_executable() is None,
                                 reason=LAUNCH_TOOLS_MISSING)
-needs_data = pytest.mark.skipif(
-    not (paths.reference_weights().is_file() and paths.cifar10_tar().is_file()),
-    reason='needs the reference weights and CIFAR-10 (pls_perception.paths)')
+needs_data = launch_support.needs_data
 
 
 def _console_scripts() -> list[str]:

@@ -51,6 +51,9 @@ def test_modelled_energy_is_power_times_time() -> None:
     assert reading.power_w == pytest.approx(5.0)
     with pytest.raises(ValueError, match='not opened'):
         meter.end_window('frame')
+    # a frame's modelled energy covers the latency it reports, at the same power
+    frame = reading.lasting(0.1)
+    assert (frame.energy_mj, frame.duration_s, frame.power_w) == pytest.approx((500.0, 0.1, 5.0))
 
 
 def test_measured_with_zeus_on_real_backend(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,6 +63,7 @@ def test_measured_with_zeus_on_real_backend(monkeypatch: pytest.MonkeyPatch) -> 
     meter.begin_window('w')
     reading = meter.end_window('w')
     assert reading.source == 'measured' and reading.energy_mj == 2000.0
+    assert reading.lasting(0.1) == reading  # a measurement is not rescaled
     # the simulated backend never uses zeus: its frequency is not real
     assert EnergyMeter(lambda f: 1.0, SimulatedBackend([1000.0])).source == 'modelled'
 

@@ -19,26 +19,18 @@ from launch_support import CONFIGURE_TIMEOUT_S, LAUNCH_TOOLS_MISSING
 launch_testing = pytest.importorskip('launch_testing', reason=LAUNCH_TOOLS_MISSING)
 
 import launch  # noqa: E402
-import launch_testing.actions  # noqa: E402
 import launch_testing.markers  # noqa: E402
-from launch.actions import IncludeLaunchDescription  # noqa: E402
-from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
-
-from pls_perception import paths  # noqa: E402
 
 TIGHT_MS = 100.0
 
 
-@pytest.mark.skipif(not (paths.reference_weights().is_file() and paths.cifar10_tar().is_file()),
-                    reason='needs the reference weights and CIFAR-10 (pls_perception.paths)')
+@launch_support.needs_data
 @pytest.mark.launch_test
 @launch_testing.markers.keep_alive
 def generate_test_description() -> launch.LaunchDescription:
-    demo = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(str(launch_support.launch_file('demo.launch.py'))),
-        launch_arguments={'budget_schedule': f'0:5000,20:{TIGHT_MS:g}'}.items())
-    return launch.LaunchDescription([demo, launch_testing.actions.ReadyToTest()])
+    return launch_support.launch_description(
+        'demo.launch.py', {'budget_schedule': f'0:5000,20:{TIGHT_MS:g}'})
 
 
 class TestDemoGraph(unittest.TestCase):

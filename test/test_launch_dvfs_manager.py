@@ -19,10 +19,7 @@ from launch_support import LAUNCH_TOOLS_MISSING
 launch_testing = pytest.importorskip('launch_testing', reason=LAUNCH_TOOLS_MISSING)
 
 import launch  # noqa: E402
-import launch_testing.actions  # noqa: E402
 import launch_testing.markers  # noqa: E402
-from launch.actions import IncludeLaunchDescription  # noqa: E402
-from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 from std_msgs.msg import Float64, String  # noqa: E402
 
 # On the Orin Nano CPU profile: 1000 ms leaves the minimum-EDP point feasible; 55 ms is met only
@@ -34,9 +31,7 @@ TIGHT_MS = 55.0
 @pytest.mark.launch_test
 @launch_testing.markers.keep_alive
 def generate_test_description() -> launch.LaunchDescription:
-    manager = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(str(launch_support.launch_file('dvfs_manager.launch.py'))))
-    return launch.LaunchDescription([manager, launch_testing.actions.ReadyToTest()])
+    return launch_support.launch_description('dvfs_manager.launch.py')
 
 
 class TestManager(unittest.TestCase):

@@ -17,25 +17,14 @@ from launch_support import CONFIGURE_TIMEOUT_S, LAUNCH_TOOLS_MISSING, PERCEPTION
 launch_testing = pytest.importorskip('launch_testing', reason=LAUNCH_TOOLS_MISSING)
 
 import launch  # noqa: E402
-import launch_testing.actions  # noqa: E402
 import launch_testing.markers  # noqa: E402
-from launch.actions import IncludeLaunchDescription  # noqa: E402
-from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
-
-from pls_perception import paths  # noqa: E402
 
 
-@pytest.mark.skipif(not (paths.reference_weights().is_file() and paths.cifar10_tar().is_file()),
-                    reason='needs the reference weights and CIFAR-10 (pls_perception.paths)')
+@launch_support.needs_data
 @pytest.mark.launch_test
 @launch_testing.markers.keep_alive
 def generate_test_description() -> launch.LaunchDescription:
-    perception = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(str(launch_support.launch_file('perception.launch.py'))),
-        launch_arguments={'weights': str(paths.find_reference_weights()),
-                          'autostart': 'true'}.items())
-    return launch.LaunchDescription([perception, launch_support.image_source_node(),
-                                     launch_testing.actions.ReadyToTest()])
+    return launch_support.perception_with_images(autostart=True)
 
 
 class TestAutostart(unittest.TestCase):

@@ -21,13 +21,11 @@ import launch_support
 from launch_support import CONFIGURE_TIMEOUT_S, LAUNCH_TOOLS_MISSING, PERCEPTION_NODE, poll
 from launch_support import ros2_cli as ros2
 
-from pls_perception import paths
 
 ROS2 = launch_support.ros2_executable()
 pytestmark = [
     pytest.mark.skipif(ROS2 is None, reason=LAUNCH_TOOLS_MISSING),
-    pytest.mark.skipif(not (paths.reference_weights().is_file() and paths.cifar10_tar().is_file()),
-                       reason='needs the reference weights and CIFAR-10 (pls_perception.paths)'),
+    launch_support.needs_data,
 ]
 BUDGET_MS = 80.0
 
@@ -40,8 +38,13 @@ def double_param(name: str) -> float:
 
 
 def echoed_point() -> subprocess.CompletedProcess:
-    """The manager's latest operating point (JSON in a String, latched; echo shortens it)."""
-    return ros2('topic', 'echo', '--once', '/dvfs_manager/operating_point', timeout_s=30.0)
+    """The manager's latest operating point (JSON in a String, latched; echo shortens it).
+
+    The QoS is given: without it echo copies the publishers' QoS, or takes volatile when it has
+    not discovered them yet, and then never receives the latched point.
+    """
+    return ros2('topic', 'echo', '--once', '--qos-durability', 'transient_local',
+                '--qos-reliability', 'reliable', '/dvfs_manager/operating_point', timeout_s=30.0)
 
 
 @pytest.fixture

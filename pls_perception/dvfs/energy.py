@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,17 @@ class EnergyReading:
     @property
     def power_w(self) -> float:
         return self.energy_mj / 1000.0 / self.duration_s if self.duration_s > 0 else 0.0
+
+    def lasting(self, duration_s: float) -> EnergyReading:
+        """A modelled reading at the same power over ``duration_s`` (a measured one as is).
+
+        A modelled frame's energy is P(f) x the latency the frame reports: the window's wall
+        time also holds the time its thread waited for a core on a loaded machine.
+        """
+        if self.source != 'modelled':
+            return self
+        return replace(self, energy_mj=self.power_w * duration_s * 1000.0,
+                       duration_s=duration_s)
 
 
 def profile_power_fn(profile: OperatingPointProfile,

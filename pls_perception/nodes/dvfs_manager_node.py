@@ -69,6 +69,9 @@ SOLVER_PARAMETERS = ('accuracy_loss_max', 'objective', 'strategy', 'hysteresis',
                      'on_infeasible')
 # A burst of invalid budgets (a planner gone wrong) logs one line per period, with a count.
 REJECTED_BUDGET_LOG_PERIOD_S = 5.0
+# Discovery of a restarted process's endpoints can lag its first answer: endpoints that appear
+# this long after the target came back are its own, not another restart.
+INSTANCE_SETTLE_S = 5.0
 _NODE_NAME_PATTERN = re.compile(r'/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*')
 
 
@@ -159,6 +162,7 @@ class DvfsManagerNode(Node):
         self._polled_at = -math.inf
         # Endpoint ids of the target's /parameter_events publishers: one per process serving it.
         self._instances: frozenset[tuple[int, ...]] = frozenset()
+        self._settle_until = math.inf   # until then, new endpoints are the known instance's
         self._rejected_unlogged = 0
         self._rejected_latest = math.nan
         self._rejected_logged_at = -math.inf
@@ -381,7 +385,9 @@ class DvfsManagerNode(Node):
             self.get_logger().info(f'{self.target_node} is available')
             self._backoff_s = self.retry_initial_s
             self._next_try = 0.0
+            self._settle_until = time.monotonic() + INSTANCE_SETTLE_S
         else:
+            self._settle_until = math.inf
             self.get_logger().warning(
                 f'{self.target_node} went away ({why}); will re-apply the latest operating '
                 f'point when it is back')
@@ -401,7 +407,7 @@ class DvfsManagerNode(Node):
             if f'{info.node_namespace.rstrip("/")}/{info.node_name}' == self.target_node)
         restarted = bool(self._instances) and bool(gids - self._instances)
         self._instances = gids
-        return restarted
+        return restarted and time.monotonic() >= self._settle_until
 
     def _drop_poll(self) -> None:
         if self._poll is not None:

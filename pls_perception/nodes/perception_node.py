@@ -32,15 +32,12 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import (LifecycleNode, LifecyclePublisher, LifecycleState,
                              TransitionCallbackReturn)
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64, String
@@ -49,7 +46,7 @@ from pls_perception.engines import build_worker
 from pls_perception.errors import BackendError, ImageFormatError, PlsError, WeightsError
 from pls_perception.io.image_conversion import compressed_to_rgb, image_to_rgb
 from pls_perception.nodes.parameters import descriptor
-from pls_perception.nodes.spin import STOP_POLL_S, make_executor, stop_requested
+from pls_perception.nodes.spin import spin_node
 from pls_perception.nodes.threaded_transitions import ThreadedTransitions
 from pls_perception.nodes.typed_output import FRAME_INFO_TOPIC, TypedOutput, frame_info_json
 from pls_perception.pipeline.build import ModelLoader, build_pipeline
@@ -442,45 +439,39 @@ class PerceptionNode(LifecycleNode):
         publisher.publish(array)
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None) -> int:
     """``ros2 run pls_perception perception_node``: spin the node until SIGINT or SIGTERM.
 
     The signal only sets an event (``spin.stop_requested``): rclpy's own handler would shut the
     context down under the inference thread and raise KeyboardInterrupt inside whatever runs.
     """
-    with stop_requested() as stop:
-        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-        node: Optional[PerceptionNode] = None
-        transition_done = True
-        try:
-            node = PerceptionNode()
-            executor = make_executor()
-            executor.add_node(node)
-            if node.get_parameter('autostart').value:
-                # Off the executor thread: the node answers its services while it configures.
-                node.transitions.start(node.trigger_configure, node.trigger_activate)
-            while not stop.is_set():
-                executor.spin_once(timeout_sec=STOP_POLL_S)
-        except ExternalShutdownException:
-            pass
-        finally:
-            if node is not None:
-                transition_done = node.transitions.join(TRANSITION_JOIN_S)
-                if not transition_done:
-                    node.get_logger().warning(
-                        f'a transition was still running {TRANSITION_JOIN_S:g} s after the stop '
-                        'signal; stopping anyway')
-                node.teardown()  # the signal skips the lifecycle: free model, reset backend
-                node.destroy_node()
-            rclpy.try_shutdown()
+    transition_done = True
+
+    def autostart(node: PerceptionNode) -> None:
+        if node.get_parameter('autostart').value:
+            # Off the executor thread: the node answers its services while it configures.
+            node.transitions.start(node.trigger_configure, node.trigger_activate)
+
+    def teardown(node: PerceptionNode) -> None:
+        nonlocal transition_done
+        transition_done = node.transitions.join(TRANSITION_JOIN_S)
+        if not transition_done:
+            node.get_logger().warning(
+                f'a transition was still running {TRANSITION_JOIN_S:g} s after the stop '
+                'signal; stopping anyway')
+        node.teardown()  # the signal skips the lifecycle: free model, reset backend
+
+    code = spin_node(PerceptionNode, NODE_NAME, args, startup_errors=(), started=autostart,
+                     stopping=teardown)
     if not (build_worker.join_all(BUILD_JOIN_S) and transition_done):
         # A graph export is still inside torch/ONNX Runtime C++ code: a normal interpreter exit
         # would abort in static destructors. ROS clean-up and the DVFS reset are done and cache
         # writes are atomic, so end the process here.
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(code)
+    return code
 
 
 if __name__ == '__main__':
-    main()
+    raise SystemExit(main())

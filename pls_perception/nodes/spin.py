@@ -5,6 +5,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import rclpy
 from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
@@ -46,12 +47,15 @@ def make_executor() -> Executor:
 
 def spin_node(make_node: Callable[[], Node], node_name: str, args: list[str] | None = None,
               startup_errors: tuple[type[BaseException], ...] = (ValueError,),
-              hint: str = '') -> int:
+              hint: str = '', started: Callable[[Any], None] | None = None,
+              stopping: Callable[[Any], None] | None = None) -> int:
     """Build the node, spin it until SIGINT/SIGTERM or external shutdown (exit code 0); exit
     code 1 if it cannot start.
 
     ``startup_errors`` raised by ``make_node`` (a bad parameter, a missing profile) are logged as
     one fatal line, followed by ``hint`` saying what to do, instead of a traceback.
+    ``started(node)`` runs once the node is on the executor, ``stopping(node)`` after the stop,
+    before the node is destroyed (a lifecycle node's autostart and teardown).
     """
     with stop_requested() as stop:
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
@@ -64,12 +68,16 @@ def spin_node(make_node: Callable[[], Node], node_name: str, args: list[str] | N
                 return 1
             executor = make_executor()
             executor.add_node(node)
+            if started is not None:
+                started(node)
             while not stop.is_set():
                 executor.spin_once(timeout_sec=STOP_POLL_S)
         except ExternalShutdownException:
             pass
         finally:
             if node is not None:
+                if stopping is not None:
+                    stopping(node)
                 node.destroy_node()
             rclpy.try_shutdown()
     return 0

@@ -163,7 +163,7 @@ class FramePipeline:
             logits = output[0]
             compute_s = time.perf_counter() - t1
             emulated_s = self.backend.emulate(compute_s, ratio, interrupt)
-        energy = readings[0] if readings else None
+        energy = readings[0].lasting(compute_s + emulated_s) if readings else None
         shifted = logits.astype(np.float64) - logits.max()
         probs = np.exp(shifted) / np.exp(shifted).sum()
         order = np.argsort(-probs, kind='stable')[: self.top_k]

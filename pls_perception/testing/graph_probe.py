@@ -351,6 +351,18 @@ class PipelineProbe(Node):
             if not self.transition(transition_id, timeout_s):
                 raise RuntimeError(f'{self.target}: {name} transition failed')
 
+    def wait_for_graphs(self, timeout_s: float = 300.0) -> None:
+        """Wait until the target's /diagnostics report no inference graph still building (its
+        ``prebuild_ratios`` load or build in the background after configure)."""
+        start = len(self.diagnostics)
+
+        def built(received: Received) -> bool:
+            status = self.node_status(received)
+            return bool(status) and all(status.get(key, 'none') == 'none' for key in (
+                'engine_pending_ratios', 'engine_background_builds'))
+        if self.diagnostics.wait_for(built, timeout_s, start) is None:
+            raise TimeoutError(f'{self.target} still building graphs after {timeout_s:g} s')
+
     def set_parameters(self, values: Mapping[str, Any],
                        timeout_s: float = 10.0) -> list[tuple[bool, str]]:
         """Set parameters on the target; ``[(successful, reason)]`` per parameter."""

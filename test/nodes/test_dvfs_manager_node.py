@@ -542,6 +542,10 @@ def test_a_burst_of_invalid_budgets_logs_one_line_per_period(
 
 
 # ------------------------------------------------------------------------ restart, no frames
+# Fast DDS may drop a dead participant's endpoints before either, so that reason is accepted too.
+LEFT_THE_GRAPH = 'its parameter services left the ROS graph'
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize('request_timeout_s, noticed', [
     (1.0, 'no answer to get_parameters within 1 s'),
@@ -584,7 +588,7 @@ def test_kill_9_and_restart_without_frames_is_noticed(
             time.sleep(2.0)                 # no second "went away" once it is back
             log = manager.log_text()
             assert log.count('/pls_perception_node went away') == 1, log
-            assert f'went away ({noticed})' in log, log
+            assert f'went away ({noticed})' in log or f'went away ({LEFT_THE_GRAPH})' in log, log
             assert log.count('/pls_perception_node is available') == 2, log
             assert log.count('applied keep_ratio 0.5, frequency_mhz 1000') == 2, log
             assert manager.stop() == 0

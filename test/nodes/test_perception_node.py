@@ -589,17 +589,14 @@ def test_only_the_newest_frame_is_processed(harness: Callable[..., Harness],
     h = harness(qos_depth=100)
     h.start()
     burst = 40
-    start = time.monotonic()
     for i in range(burst):
         last = h.send(image_msg(images[i % len(images)], 'rgb8'))
     final = h.probe.until(lambda m: m['stamp']['sec'] == last, 60, 'the newest frame')
-    elapsed_s = time.monotonic() - start
     frames = final['frames']
     assert frames['received'] == burst
     assert frames['processed'] + frames['dropped'] == burst
-    assert frames['dropped'] > 0
-    # bounded: far less than processing every frame of the burst would take
-    assert elapsed_s < burst * final['latency_ms'] / 1e3, (elapsed_s, frames)
+    # the burst arrives far faster than frames are classified: most of it is dropped, not queued
+    assert frames['processed'] < burst / 2, frames
 
 
 def test_diagnostics_report_latency_counts_and_deadline_misses(

@@ -20,7 +20,9 @@ from pls_perception import paths
 from pls_perception.testing.graph_probe import (PERCEPTION_MODULE, NodeProcess, PipelineProbe,
                                                 probe_session)
 
-ANSWER_LIMIT_S = 0.5
+# A configure that held the executor would hold answers for the whole load and export (10 s or
+# more); under a loaded CI machine an answer beside torch's weight loading can take ~1 s.
+ANSWER_LIMIT_S = 3.0
 pytestmark = [
     pytest.mark.timeout(600),
     pytest.mark.skipif(not paths.reference_weights().is_file(),
