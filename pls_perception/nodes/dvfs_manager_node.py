@@ -70,7 +70,7 @@ SOLVER_PARAMETERS = ('accuracy_loss_max', 'objective', 'strategy', 'hysteresis',
 # A burst of invalid budgets (a planner gone wrong) logs one line per period, with a count.
 REJECTED_BUDGET_LOG_PERIOD_S = 5.0
 # Discovery of a restarted process's endpoints can lag its first answer: endpoints that appear
-# this long after the target came back are its own, not another restart.
+# within this long after the target came back (from going away) are its own, not a restart.
 INSTANCE_SETTLE_S = 5.0
 _NODE_NAME_PATTERN = re.compile(r'/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*')
 
@@ -162,7 +162,8 @@ class DvfsManagerNode(Node):
         self._polled_at = -math.inf
         # Endpoint ids of the target's /parameter_events publishers: one per process serving it.
         self._instances: frozenset[tuple[int, ...]] = frozenset()
-        self._settle_until = math.inf   # until then, new endpoints are the known instance's
+        # Until then, new endpoints are the returned process's own (inf: the target went away).
+        self._settle_until = -math.inf
         self._rejected_unlogged = 0
         self._rejected_latest = math.nan
         self._rejected_logged_at = -math.inf
@@ -385,7 +386,8 @@ class DvfsManagerNode(Node):
             self.get_logger().info(f'{self.target_node} is available')
             self._backoff_s = self.retry_initial_s
             self._next_try = 0.0
-            self._settle_until = time.monotonic() + INSTANCE_SETTLE_S
+            if self._settle_until == math.inf:  # back after going away: its endpoints lag
+                self._settle_until = time.monotonic() + INSTANCE_SETTLE_S
         else:
             self._settle_until = math.inf
             self.get_logger().warning(

@@ -215,7 +215,9 @@ def test_infeasible_and_invalid_budgets(open_loop: Graph) -> None:
     g.start_target()
     g.budget(10.0)        # nothing meets 10 ms at accuracy loss <= 0.05
     assert _target_at(g, (0.5, 1500.0))
-    assert wait_until(lambda: g.points and g.points[-1]['budget_ms'] == 10.0, 5.0)
+    # the point is published again once the target's answer arrives (applied): wait for that one
+    assert wait_until(lambda: g.points and g.points[-1]['budget_ms'] == 10.0
+                      and g.points[-1]['applied'], 5.0)
     assert not g.points[-1]['feasible'] and 'infeasible' in g.points[-1]['reason']
     n_points = len(g.points)
     for bad in (float('nan'), float('inf'), 0.0, -5.0):
