@@ -348,12 +348,17 @@ def test_whole_graph_budget_step_loose_tight_loose(tmp_path: Path) -> None:
         probe.publish_budget(tight_ms)
         tight_frames = frames_after(start, 12, 120.0)
         trace = [(f['frequency_mhz'], f['latency_ms']) for f in tight_frames]
-        first_ok = next((i for i, f in enumerate(tight_frames) if f['latency_ms'] <= tight_ms),
-                        None)
-        assert first_ok is not None and first_ok <= 4, (loose_latency_ms, tight_ms, trace)
-        settled = tight_frames[first_ok:first_ok + 6]
-        assert np.median([f['latency_ms'] for f in settled]) <= tight_ms
-        assert all(f['frequency_mhz'] > loose.freq_mhz for f in settled)
+        # The step raises the clock within a few frames, and the frames at the raised clock meet
+        # the budget. (Later the closed loop may lower it again: on a loaded machine the
+        # measured latency swings by 2x, and a calm stretch can make the loose clock look fast
+        # enough.)
+        first_tight = next(p for p in points[tight_points:] if p['budget_ms'] == tight_ms)
+        assert first_tight['freq_mhz'] > loose.freq_mhz, (loose.freq_mhz, first_tight)
+        raised = next((i for i, f in enumerate(tight_frames)
+                       if f['frequency_mhz'] > loose.freq_mhz), None)
+        assert raised is not None and raised <= 4, (loose_latency_ms, tight_ms, trace)
+        settled = tight_frames[raised:raised + 6]
+        assert np.median([f['latency_ms'] for f in settled]) <= tight_ms, (tight_ms, trace)
 
         # Back to loose: the manager solves again on what it has learnt (with the emulated
         # 1/f clock racing to idle may now be cheapest, so the frequency need not drop) and
