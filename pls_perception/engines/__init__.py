@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 ENGINE_NAMES = ('auto', 'torch', 'onnxruntime')
 
-__all__ = ['ENGINE_NAMES', 'InferenceEngine', 'TorchEngine', 'make_engine',
+__all__ = ['ENGINE_NAMES', 'InferenceEngine', 'TorchEngine', 'import_backend', 'make_engine',
            'onnxruntime_available', 'resolve_engine_name']
 
 
@@ -37,6 +37,16 @@ def resolve_engine_name(name: str, device: str = 'cpu') -> str:
     if name != 'auto':
         return name
     return 'onnxruntime' if device == 'cpu' and onnxruntime_available() else 'torch'
+
+
+def import_backend(name: str, device: str = 'cpu') -> None:
+    """Import the back end ``name`` stands for, ahead of building an engine.
+
+    One C extension in ONNX Runtime's import chain (ml_dtypes, via onnx) holds the GIL for about
+    0.6 s while it loads: a node imports it before it answers services, not while configuring.
+    """
+    if resolve_engine_name(name, device) == 'onnxruntime':
+        import pls_perception.engines.onnxruntime_engine  # noqa: F401
 
 
 def make_engine(name: str, loaded: LoadedModel, device: str = 'cpu',

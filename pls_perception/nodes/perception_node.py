@@ -42,7 +42,7 @@ from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64, String
 
-from pls_perception.engines import build_worker
+from pls_perception.engines import build_worker, import_backend
 from pls_perception.errors import BackendError, ImageFormatError, PlsError, WeightsError
 from pls_perception.io.image_conversion import compressed_to_rgb, image_to_rgb
 from pls_perception.nodes.parameters import descriptor
@@ -109,6 +109,8 @@ class PerceptionNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         self.transitions = ThreadedTransitions(self)
         self._declare_parameters()
+        if validate_parameter('engine', self._param('engine')) is None:
+            import_backend(self._param('engine'), self._param('device'))  # bad ones: configure
         self._requested = Setpoint(self.get_parameter('keep_ratio').value,
                                    self.get_parameter('frequency_mhz').value)
         self.add_on_set_parameters_callback(self._on_set_parameters)

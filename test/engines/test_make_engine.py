@@ -1,6 +1,8 @@
 """make_engine: picks the engine by name and device; 'auto' prefers onnxruntime on the CPU."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,3 +37,17 @@ def test_unknown_engine_is_rejected(loaded_small: LoadedModel) -> None:
         make_engine('tensorflow', loaded_small)
     with pytest.raises(ValueError, match="'tensorflow'"):
         resolve_engine_name('tensorflow')
+
+
+@pytest.mark.parametrize('name, device, imported', [
+    ('auto', 'cpu', True), ('onnxruntime', 'cpu', True), ('torch', 'cpu', False),
+    ('auto', 'cuda', False)])
+def test_import_backend_imports_only_what_the_engine_needs(name: str, device: str,
+                                                           imported: bool) -> None:
+    # a fresh interpreter: this one has imported onnxruntime already
+    code = ('import sys; from pls_perception.engines import import_backend; '
+            f'import_backend({name!r}, {device!r}); '
+            "print('onnxruntime' in sys.modules, 'ml_dtypes' in sys.modules)")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert out == [str(imported)] * 2

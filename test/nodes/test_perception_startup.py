@@ -21,7 +21,8 @@ from pls_perception.testing.graph_probe import (PERCEPTION_MODULE, NodeProcess, 
                                                 probe_session)
 
 # A configure that held the executor would hold answers for the whole load and export (10 s or
-# more); under a loaded CI machine an answer beside torch's weight loading can take ~1 s.
+# more). The 0.5 s target is a benchmark's (bench/bench_startup.py: slowest answer < 0.1 s idle);
+# here the limit leaves room for a loaded CI machine.
 ANSWER_LIMIT_S = 3.0
 pytestmark = [
     pytest.mark.timeout(600),
