@@ -3,7 +3,7 @@
 ``ros2 launch pls_perception demo.launch.py budget_schedule:=none`` starts the graph without the
 schedule node, so the budgets published here are the only ones. Then, as a user would:
 ``ros2 lifecycle get`` until active, ``ros2 param get/set`` (a valid keep_ratio is applied, 1.5
-is refused with a reason), ``ros2 topic pub`` a budget and ``ros2 topic echo`` the manager's
+is refused with a reason), ``ros2 topic pub -w 2`` a budget and ``ros2 topic echo`` the manager's
 operating point for it (its keep ratio reaches the node), and ``ros2 topic echo`` one
 classification. Ctrl-C (SIGINT) must stop everything with exit code 0 and no ERROR line; the ros2
 daemon the CLI started is stopped at the end.
@@ -70,7 +70,9 @@ def test_documented_commands_drive_the_demo(demo: launch_support.RosLaunch) -> N
     assert reason, refused
     assert double_param('keep_ratio') == 0.5
 
-    published = ros2('topic', 'pub', '-w', '1', '--once', '/latency_budget',
+    # -w 2: the manager and the perception node both listen; with -w 1 the one budget could go
+    # out once the node had matched and before the manager had
+    published = ros2('topic', 'pub', '-w', '2', '--once', '/latency_budget',
                      'std_msgs/msg/Float64', f'{{data: {BUDGET_MS}}}')
     assert published.returncode == 0, published
     point = poll(echoed_point, lambda out: f'"budget_ms": {BUDGET_MS}' in out, 60.0)

@@ -11,7 +11,7 @@ matched (e.g. the DVFS manager and the perception node), so step times are as wr
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from rclpy.node import Node
 from std_msgs.msg import Float64
@@ -70,10 +70,10 @@ class BudgetScheduleNode(Node):
         self._publisher.publish(Float64(data=budget_ms))
 
 
-def main(args: list[str] | None = None) -> int:
+def main(args: list[str] | None = None) -> NoReturn:
     """``ros2 run pls_perception budget_schedule``: publish the schedule until Ctrl-C."""
-    return spin_node(BudgetScheduleNode, NODE_NAME, args)
+    spin_node(BudgetScheduleNode, NODE_NAME, args)
 
 
 if __name__ == '__main__':
-    raise SystemExit(main())
+    main()

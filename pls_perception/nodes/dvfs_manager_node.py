@@ -33,7 +33,7 @@ import math
 import re
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import rclpy.parameter
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -626,13 +626,13 @@ class DvfsManagerNode(Node):
         self._diag_pub.publish(msg)
 
 
-def main(args: list[str] | None = None) -> int:
+def main(args: list[str] | None = None) -> NoReturn:
     """``ros2 run pls_perception dvfs_manager``: solve and apply operating points until Ctrl-C."""
-    return spin_node(DvfsManagerNode, NODE_NAME, args,
+    spin_node(DvfsManagerNode, NODE_NAME, args,
                      (PlsError, OSError, ValueError, ParameterException),
                      '. Pass a valid profile YAML with --ros-args -p profile:=<path> '
                      '(see config/profiles/).')
 
 
 if __name__ == '__main__':
-    raise SystemExit(main())
+    main()

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 import rclpy
 from builtin_interfaces.msg import Time
@@ -36,7 +37,7 @@ from pls_perception.errors import PlsError
 from pls_perception.io.bags import NS_PER_S, ImageFrame
 from pls_perception.io.replay import FrameSource, check_rates, publish_offset_ns
 from pls_perception.nodes.parameters import descriptor
-from pls_perception.nodes.spin import STOP_POLL_S, stop_requested
+from pls_perception.nodes.spin import STOP_POLL_S, exit_process, stop_requested
 
 STAMP_MODES = ('auto', 'now', 'recorded')
 
@@ -193,9 +194,14 @@ class ImageSourceNode(Node):
                 bar.update(1)
 
 
-def main(args: Sequence[str] | None = None) -> int:
-    """Entry point of the ``image_source`` executable; returns when all frames are out or on
-    SIGINT/SIGTERM (exit code 0: how ``ros2 launch`` stops a looping source).
+def main(args: Sequence[str] | None = None) -> NoReturn:
+    """Entry point of the ``image_source`` executable; ends when all frames are out or on
+    SIGINT/SIGTERM (exit code 0: how ``ros2 launch`` stops a looping source)."""
+    exit_process(_publish(args))
+
+
+def _publish(args: Sequence[str] | None) -> int:
+    """The exit code of publishing the source's frames.
 
     Signals only set an event (``spin.stop_requested``): the worker thread is stopped and joined
     before the node and the context go away, never shut down under a ``publish`` in flight.
@@ -227,4 +233,4 @@ def main(args: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    main()

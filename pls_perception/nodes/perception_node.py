@@ -23,13 +23,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
-import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -441,39 +439,30 @@ class PerceptionNode(LifecycleNode):
         publisher.publish(array)
 
 
-def main(args: list[str] | None = None) -> int:
+def main(args: list[str] | None = None) -> NoReturn:
     """``ros2 run pls_perception perception_node``: spin the node until SIGINT or SIGTERM.
 
     The signal only sets an event (``spin.stop_requested``): rclpy's own handler would shut the
     context down under the inference thread and raise KeyboardInterrupt inside whatever runs.
     """
-    transition_done = True
-
     def autostart(node: PerceptionNode) -> None:
         if node.get_parameter('autostart').value:
             # Off the executor thread: the node answers its services while it configures.
             node.transitions.start(node.trigger_configure, node.trigger_activate)
 
     def teardown(node: PerceptionNode) -> None:
-        nonlocal transition_done
-        transition_done = node.transitions.join(TRANSITION_JOIN_S)
-        if not transition_done:
+        if not node.transitions.join(TRANSITION_JOIN_S):
             node.get_logger().warning(
                 f'a transition was still running {TRANSITION_JOIN_S:g} s after the stop '
                 'signal; stopping anyway')
         node.teardown()  # the signal skips the lifecycle: free model, reset backend
+        # A graph export still running is cut off when the process ends; cache writes are
+        # atomic, so it leaves no partial entry.
+        build_worker.join_all(BUILD_JOIN_S)
 
-    code = spin_node(PerceptionNode, NODE_NAME, args, startup_errors=(), started=autostart,
-                     stopping=teardown)
-    if not (build_worker.join_all(BUILD_JOIN_S) and transition_done):
-        # A graph export is still inside torch/ONNX Runtime C++ code: a normal interpreter exit
-        # would abort in static destructors. ROS clean-up and the DVFS reset are done and cache
-        # writes are atomic, so end the process here.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    spin_node(PerceptionNode, NODE_NAME, args, startup_errors=(), started=autostart,
+              stopping=teardown)
 
 
 if __name__ == '__main__':
-    raise SystemExit(main())
+    main()

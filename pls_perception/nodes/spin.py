@@ -1,11 +1,14 @@
-"""The shared ``main()`` of the plain (non-lifecycle) nodes: start, spin, shut down cleanly."""
+"""The shared ``main()`` of the nodes: start, spin, shut down cleanly, end the process."""
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import rclpy
 from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
@@ -45,18 +48,38 @@ def make_executor() -> Executor:
     return SingleThreadedExecutor()
 
 
+def exit_process(code: int) -> NoReturn:
+    """End a node's process with ``code`` once ROS is shut down, skipping interpreter exit.
+
+    With rclpy and Fast DDS loaded (and torch and ONNX Runtime in the perception node),
+    interpreter finalization ran into native static destructors that hung (the manager, after a
+    clean shut-down under ``ros2 launch``, until SIGTERM) or crashed (SIGSEGV, seen in CI), which
+    turned a clean stop into a failure. By then the node is destroyed and the context shut down.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def spin_node(make_node: Callable[[], Node], node_name: str, args: list[str] | None = None,
               startup_errors: tuple[type[BaseException], ...] = (ValueError,),
               hint: str = '', started: Callable[[Any], None] | None = None,
-              stopping: Callable[[Any], None] | None = None) -> int:
-    """Build the node, spin it until SIGINT/SIGTERM or external shutdown (exit code 0); exit
-    code 1 if it cannot start.
+              stopping: Callable[[Any], None] | None = None) -> NoReturn:
+    """Build the node, spin it until SIGINT/SIGTERM or external shutdown, then end the process
+    (`exit_process`) with exit code 0, or 1 if the node cannot start.
 
     ``startup_errors`` raised by ``make_node`` (a bad parameter, a missing profile) are logged as
     one fatal line, followed by ``hint`` saying what to do, instead of a traceback.
     ``started(node)`` runs once the node is on the executor, ``stopping(node)`` after the stop,
     before the node is destroyed (a lifecycle node's autostart and teardown).
     """
+    exit_process(_spin(make_node, node_name, args, startup_errors, hint, started, stopping))
+
+
+def _spin(make_node: Callable[[], Node], node_name: str, args: list[str] | None,
+          startup_errors: tuple[type[BaseException], ...], hint: str,
+          started: Callable[[Any], None] | None, stopping: Callable[[Any], None] | None) -> int:
     with stop_requested() as stop:
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
         node: Node | None = None
