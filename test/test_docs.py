@@ -18,6 +18,7 @@ ROOT = paths.REPO_ROOT
 README = ROOT / 'README.md'
 TABLE1 = ROOT / 'docs' / 'results' / 'table1_combined' / 'table1.csv'
 DEMO = ROOT / 'docs' / 'results' / 'demo' / 'summary.json'
+FINE_TUNE = ROOT / 'docs' / 'results' / 'pls_train' / 'compare' / 'compare.csv'
 
 
 def table1_rows() -> list[str]:
@@ -37,6 +38,20 @@ def demo_rows() -> list[str]:
             for s in steps if s['frames'] >= 10]
 
 
+def fine_tune_rows() -> list[str]:
+    """README rows: r | reference top-1 | fine-tuned top-1 | fine-tuned + BN recalibration."""
+    with FINE_TUNE.open() as f:
+        runs: dict[str, dict[str, dict]] = {}
+        for row in csv.DictReader(f):
+            runs.setdefault(row['run'], {})[row['ratio']] = row
+    reference, tuned = runs['reference'], runs['pls-train']
+
+    def pct(row: dict, key: str) -> str:
+        return f'{float(row[key]) * 100:.2f} %'
+    return [f'| {ratio} | {pct(reference[ratio], "accuracy")} | {pct(row, "accuracy")} | '
+            f'{pct(row, "accuracy_bn")} |' for ratio, row in tuned.items()]
+
+
 def test_readme_table1_is_the_committed_evaluation() -> None:
     text = README.read_text()
     missing = [row for row in table1_rows() if row not in text]
@@ -47,6 +62,12 @@ def test_readme_demo_table_is_the_committed_demo_run() -> None:
     text = README.read_text()
     missing = [row for row in demo_rows() if row not in text]
     assert not missing, f'README demo table differs from {DEMO}: {missing}'
+
+
+def test_readme_fine_tune_table_is_the_committed_evaluation() -> None:
+    text = README.read_text()
+    missing = [row for row in fine_tune_rows() if row not in text]
+    assert not missing, f'README fine-tuning table differs from {FINE_TUNE}: {missing}'
 
 
 def test_parameter_reference_lists_every_parameter() -> None:

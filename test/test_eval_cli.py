@@ -108,3 +108,44 @@ def test_merge_plain_and_bn_only_runs(tmp_path: Path) -> None:
     summary['rows'][0]['n_images'] = 5
     (other / 'table1.json').write_text(json.dumps(summary))
     assert main(['--merge', str(plain), str(other), '--out', str(out)]) == 2
+
+
+def test_compare_runs_of_different_weights(tmp_path: Path) -> None:
+    reference = _fake_run(tmp_path / 'ref', [
+        {'ratio': '1', 'accuracy': 0.8, 'params_m': 58.0},
+        {'ratio': '0.5', 'accuracy': 0.4, 'accuracy_bn': 0.6, 'params_m': 30.0}], 64)
+    tuned = _fake_run(tmp_path / 'tuned', [
+        {'ratio': '1', 'accuracy': 0.79, 'params_m': 58.0},
+        {'ratio': '0.5', 'accuracy': 0.75, 'params_m': 30.0}], 0)
+    for directory, name in ((reference, 'ref.pt'), (tuned, 'resnet152_pls.pt')):
+        summary = json.loads((directory / 'table1.json').read_text())
+        (directory / 'table1.json').write_text(json.dumps(dict(summary, weights=name)))
+    out = tmp_path / 'compare'
+    assert main(['--compare', f'reference={reference}', str(tuned), '--out', str(out)]) == 0
+    with open(out / 'compare.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [(r['run'], r['ratio'], r['accuracy']) for r in rows] == [
+        ('reference', '1', '0.8'), ('reference', '0.5', '0.4'),
+        ('resnet152_pls', '1', '0.79'), ('resnet152_pls', '0.5', '0.75')]
+    assert rows[1]['accuracy_bn'] == '0.6' and rows[3]['accuracy_bn'] == ''
+    assert (out / 'accuracy_vs_macs.png').stat().st_size > 10_000
+
+
+def test_compare_rejects_what_does_not_compare(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    small = _fake_run(tmp_path / 'small', [{'ratio': '1', 'accuracy': 0.8, 'params_m': 1.0}], 0)
+    summary = json.loads((small / 'table1.json').read_text())
+    other = tmp_path / 'other'
+    other.mkdir()
+    rows = [dict(summary['rows'][0], n_images=5)]
+    (other / 'table1.json').write_text(json.dumps(dict(summary, weights='b.pt', n_images=5,
+                                                       rows=rows)))
+    (small / 'table1.json').write_text(json.dumps(dict(summary, weights='a.pt')))
+    out = str(tmp_path / 'out')
+    assert main(['--compare', str(small), str(other), '--out', out]) == 2
+    assert 'different image counts' in capsys.readouterr().err
+    assert main(['--compare', str(tmp_path / 'missing'), '--out', out]) == 2
+    assert 'no table1.json' in capsys.readouterr().err
+    (other / 'table1.json').write_text(json.dumps({'weights': 'b.pt'}))
+    assert main(['--compare', str(other), '--out', out]) == 2
+    assert "not a pls-eval table1.json (missing 'n_images')" in capsys.readouterr().err

@@ -59,6 +59,12 @@ def test_end_to_end_outputs_load_in_the_other_tools(tiny_tar: Path, weights: Pat
     assert summary['config']['seed'] == 0 and summary['train_images_per_s'] > 0
     with open(out / 'learning_curve.csv') as f:
         assert [row['step'] for row in csv.DictReader(f)] == ['0', '2', '4']
+    curve_png = out / 'learning_curve.png'
+    assert curve_png.stat().st_size > 10_000
+    curve_png.unlink()
+    assert main(['--plot-only', '--out', str(out)]) == 0 and curve_png.is_file()
+    assert main(['--plot-only', '--out', str(tmp_path / 'nothing')]) == 2
+    assert 'learning_curve.json' in capsys.readouterr().err
     # The node's loaders: weights file, then its BN file.
     loaded = load_model(str(trained), 'resnet18')
     assert load_bn_states(loaded.model, summary['bn_file']) == 1

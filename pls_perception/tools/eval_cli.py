@@ -2,7 +2,8 @@
 
 Evaluates a model at a list of keep ratios on the shared CIFAR-10 tarball (test split) or an
 ImageFolder directory, optionally also with per-ratio BatchNorm recalibration, prints a
-Table-1-style table and writes table1.csv, table1.json and table1.png into --out.
+Table-1-style table and writes table1.csv, table1.json and table1.png into --out. ``--compare``
+puts earlier runs of different weights side by side (accuracy vs MACs).
 """
 from __future__ import annotations
 
@@ -87,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--merge', nargs='+', metavar='DIR', default=None,
                         help='evaluate nothing: combine the table1.json of earlier runs (e.g. a '
                              'plain run and --bn-only runs) into one table in --out')
+    parser.add_argument('--compare', nargs='+', metavar='[LABEL=]DIR', default=None,
+                        help='evaluate nothing: put the table1.json of runs of different weights '
+                             'side by side (compare.csv, accuracy_vs_macs.png in --out); LABEL '
+                             'defaults to the weights file name')
     return parser
 
 
@@ -239,7 +244,85 @@ def _write_outputs(rows: list[dict], summary: dict, out: Path, title: str) -> No
           file=sys.stderr)
 
 
+def _parse_compare(items: list[str]) -> list[tuple[str | None, Path]]:
+    """'[LABEL=]DIR' items -> (label or None, the run's table1.json)."""
+    runs = []
+    for item in items:
+        label, sep, directory = item.rpartition('=')
+        path = Path(directory if sep else item) / 'table1.json'
+        if not path.is_file():
+            raise FileNotFoundError(f'--compare: no table1.json in {path.parent}')
+        runs.append((label if sep else None, path))
+    return runs
+
+
+def compare_runs(runs: list[tuple[str | None, Path]]) -> list[dict]:
+    """One row per (run, ratio): label, weights hash, ratio, MACs, accuracy (raw and BN).
+
+    A run without a label is named after its weights file. Runs must be scored on the same
+    number of images, or their accuracies do not compare.
+    """
+    rows, sizes = [], set()
+    for label, path in runs:
+        try:
+            summary = json.loads(path.read_text())
+            sizes.add(summary['n_images'])
+            label = label or Path(summary['weights']).stem
+            rows += [{'run': label, 'weights_sha256': summary.get('weights_sha256'),
+                      'ratio': row['ratio'], 'macs': row['macs'], 'accuracy': row['accuracy'],
+                      'accuracy_bn': row['accuracy_bn']}
+                     for row in summary['rows'] if '/' not in row['ratio']]
+        except (KeyError, TypeError) as e:
+            raise ValueError(f'{path} is not a pls-eval table1.json (missing {e})') from e
+    if len(sizes) != 1:
+        raise ValueError(f'runs were scored on different image counts, got {sorted(sizes)}')
+    return rows
+
+
+def plot_comparison(rows: list[dict], path: Path, title: str) -> None:
+    """Accuracy vs MACs per run: solid lines trained BN statistics, dashed recalibrated."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    labels = list(dict.fromkeys(r['run'] for r in rows))
+    for color, label in zip(plt.rcParams['axes.prop_cycle'].by_key()['color'], labels):
+        mine = sorted((r for r in rows if r['run'] == label), key=lambda r: r['macs'])
+        for key, style, suffix in (('accuracy', 'o-', ''), ('accuracy_bn', 's--', ' + BN recal.')):
+            points = [(r['macs'] / 1e6, r[key] * 100) for r in mine if r[key] is not None]
+            if points:
+                ax.plot(*zip(*points), style, color=color, label=label + suffix)
+        for r in mine:
+            if r['accuracy'] is not None:
+                ax.annotate(r['ratio'], (r['macs'] / 1e6, r['accuracy'] * 100), fontsize=7,
+                            xytext=(3, -9), textcoords='offset points', color=color)
+    ax.set(xlabel='MMACs per image (PLS keep ratio at each point)', ylabel='top-1 accuracy (%)',
+           title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _write_comparison(runs: list[tuple[str | None, Path]], out: Path) -> list[dict]:
+    rows = compare_runs(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / 'compare.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    n_images = json.loads(runs[0][1].read_text())['n_images']
+    plot_comparison(rows, out / 'accuracy_vs_macs.png',
+                    f'PLS accuracy vs cost on {n_images} test images')
+    print(f'wrote {out / "compare.csv"}, {out / "accuracy_vs_macs.png"}', file=sys.stderr)
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict:
+    if args.compare:
+        return {'rows': _write_comparison(_parse_compare(args.compare), Path(args.out))}
     if args.merge:
         rows, summary = merge_runs([Path(d) for d in args.merge])
         _write_outputs(rows, summary, Path(args.out),

@@ -6,7 +6,7 @@ with a
 checkpoint every N steps, resumable with --resume. Writes into --out: the weights file (a plain
 torchvision state_dict that pls-eval, pls-plan, pls-profile and the node's ``weights`` parameter
 load unchanged), with --per-ratio-bn its BN file (the node's ``bn_recalibration`` parameter), the
-learning curve (learning_curve.json/.csv, held-out train images) and train_summary.json.
+learning curve (learning_curve.json/.csv/.png, held-out train images) and train_summary.json.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from pls_perception.skipping.training import (BN_MODES, CHECKPOINT_NAME, CURVE_C
 from pls_perception.skipping.weights import load_model, sha256_of
 
 SUMMARY_NAME = 'train_summary.json'
+CURVE_PNG = 'learning_curve.png'
 DEFAULTS = TrainConfig(steps=1)
 
 
@@ -104,7 +105,41 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument('--fp32', action='store_true',
                      help='write float32 weights instead of float16')
     run.add_argument('--no-progress', action='store_true', help='hide the progress bar')
+    run.add_argument('--plot-only', action='store_true',
+                     help=f'train nothing: draw {CURVE_PNG} from the {CURVE_JSON} in --out')
     return parser
+
+
+def plot_learning_curve(curve_json: Path, path: Path) -> None:
+    """Held-out top-1 per keep ratio against the step (and the lr), one line per ratio."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    try:
+        rows = json.loads(curve_json.read_text())['rows']
+        labels = list(rows[0]['val_accuracy'])
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise ValueError(f'{curve_json} is not a pls-train learning curve ({e!r})') from e
+    if not labels:
+        raise ValueError(f'{curve_json} has no held-out accuracy (run with --val-images > 0)')
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    cmap = plt.get_cmap('viridis')
+    for i, label in enumerate(labels):
+        points = [(r['step'], r['val_accuracy'][label] * 100) for r in rows
+                  if label in r.get('val_accuracy', {})]
+        ax.plot(*zip(*points), 'o-', ms=3, color=cmap(i / max(1, len(labels) - 1)),
+                label=f'r = {label}')
+    ax.set(xlabel='training step', ylabel='held-out top-1 (%)',
+           title='pls-train: held-out accuracy per keep ratio')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc='lower right')
+    lr = ax.twinx()
+    lr.plot([r['step'] for r in rows], [r['lr'] for r in rows], ':', color='grey')
+    lr.set_ylabel('learning rate (dotted)', color='grey')
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _config(args: argparse.Namespace, train_images: int) -> TrainConfig:
@@ -132,12 +167,16 @@ def _format_table(ratios: tuple[float, ...], start: dict[str, float],
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict:
+    out = Path(args.out)
+    if args.plot_only:
+        plot_learning_curve(out / CURVE_JSON, out / CURVE_PNG)
+        print(f'wrote {out / CURVE_PNG}', file=sys.stderr)
+        return {}
     if args.split != TRAIN_SPLIT:
         raise ValueError(f'pls-train trains and calibrates on the train split only (the test '
                          f'split is for pls-eval), got --split {args.split!r}')
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
     checkpoint = out / CHECKPOINT_NAME
     if checkpoint.exists() and not args.resume:
         raise ValueError(f'{checkpoint} exists: pass --resume to continue that run, or choose '
@@ -191,6 +230,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         'learning_curve': [str(out / CURVE_JSON), str(out / CURVE_CSV)],
     }
     (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + '\n')
+    if final:
+        plot_learning_curve(out / CURVE_JSON, out / CURVE_PNG)
     print(f'wrote {output}' + (f', {bn_path}' if bn_path else '')
           + f', {out / CURVE_CSV}, {out / SUMMARY_NAME}', file=sys.stderr)
     return summary
