@@ -256,8 +256,9 @@ def _parse_compare(items: list[str]) -> list[tuple[str | None, Path]]:
     return runs
 
 
-def compare_runs(runs: list[tuple[str | None, Path]]) -> list[dict]:
-    """One row per (run, ratio): label, weights hash, ratio, MACs, accuracy (raw and BN).
+def compare_runs(runs: list[tuple[str | None, Path]]) -> tuple[list[dict], int]:
+    """One row per (run, ratio): label, weights hash, ratio, MACs, accuracy (raw and BN); and
+    the image count all runs were scored on.
 
     A run without a label is named after its weights file. Runs must be scored on the same
     number of images, or their accuracies do not compare.
@@ -276,7 +277,7 @@ def compare_runs(runs: list[tuple[str | None, Path]]) -> list[dict]:
             raise ValueError(f'{path} is not a pls-eval table1.json (missing {e})') from e
     if len(sizes) != 1:
         raise ValueError(f'runs were scored on different image counts, got {sorted(sizes)}')
-    return rows
+    return rows, sizes.pop()
 
 
 def plot_comparison(rows: list[dict], path: Path, title: str) -> None:
@@ -307,13 +308,12 @@ def plot_comparison(rows: list[dict], path: Path, title: str) -> None:
 
 
 def _write_comparison(runs: list[tuple[str | None, Path]], out: Path) -> list[dict]:
-    rows = compare_runs(runs)
+    rows, n_images = compare_runs(runs)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / 'compare.csv', 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    n_images = json.loads(runs[0][1].read_text())['n_images']
     plot_comparison(rows, out / 'accuracy_vs_macs.png',
                     f'PLS accuracy vs cost on {n_images} test images')
     print(f'wrote {out / "compare.csv"}, {out / "accuracy_vs_macs.png"}', file=sys.stderr)
