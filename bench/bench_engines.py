@@ -1,10 +1,11 @@
-"""Benchmark: ONNX Runtime vs eager PyTorch vs a physically pruned torch copy, same PLS network.
+"""Benchmark: ONNX Runtime int8 and fp32 vs eager PyTorch vs a physically pruned torch copy.
 
 Measures, in one run and interleaved (so a contended machine slows every engine alike):
-bs=1 latency per keep ratio for the three, the time to switch ratio on the onnxruntime engine,
-resident memory with every ratio session loaded vs one session (fresh subprocesses, warm cache),
-and top-1 / logit agreement between onnxruntime and torch on the shared CIFAR-10 test split.
-Writes bench/results/bench_engines.json and bench_engines.png.
+bs=1 latency per keep ratio for the four, the time to switch ratio on the onnxruntime engine,
+resident memory with every ratio session loaded vs one session, fp32 and int8 (fresh
+subprocesses, warm cache), top-1 / logit agreement between onnxruntime fp32 and torch, and
+between int8 and fp32, on the shared CIFAR-10 test split. int8 graphs are calibrated on 100
+train images. Writes bench/results/bench_engines.json and bench_engines.png.
 
 Usage: .venv/bin/python bench/bench_engines.py [--ratios 1 0.5 ...] [--repeats 40]
        [--agreement-images 10000] [--agreement-ratios 1.0 0.5] [--threads 1] [--cache-dir DIR]
@@ -32,6 +33,7 @@ from _results import RESULTS_DIR, machine_info, metric, print_metrics, write_res
 
 from pls_perception import paths  # noqa: E402
 from pls_perception.engines import TorchEngine  # noqa: E402
+from pls_perception.engines.int8_quantization import CalibrationSet  # noqa: E402
 from pls_perception.engines.onnxruntime_engine import OnnxRuntimeEngine  # noqa: E402
 from pls_perception.skipping.network import physically_pruned_copy  # noqa: E402
 from pls_perception.skipping.weights import LoadedModel, load_model  # noqa: E402
@@ -49,8 +51,17 @@ def _load(weights: str) -> LoadedModel:
     return load_model(weights, allow_random=weights == 'random')
 
 
-def _latencies(loaded: LoadedModel, engine: OnnxRuntimeEngine, ratios: list[float],
-               repeats: int) -> dict[str, dict[float, float]]:
+def _onnx_engine(loaded: LoadedModel, args: argparse.Namespace, ratios: list[float],
+                 precision: str) -> OnnxRuntimeEngine:
+    calibration = (CalibrationSet.from_cifar10(100, loaded.preprocessing)
+                   if precision == 'int8' else None)
+    return OnnxRuntimeEngine.from_loaded(loaded, cache_dir=args.cache_dir, ratios=ratios,
+                                         intra_op_threads=args.threads, precision=precision,
+                                         calibration=calibration)
+
+
+def _latencies(loaded: LoadedModel, engine: OnnxRuntimeEngine, int8: OnnxRuntimeEngine,
+               ratios: list[float], repeats: int) -> dict[str, dict[float, float]]:
     """Median bs=1 latency (ms) per engine and ratio, measured round-robin."""
     eager = TorchEngine(loaded.model)
     pruned = {r: physically_pruned_copy(loaded.model, r).eval() for r in ratios}
@@ -63,6 +74,7 @@ def _latencies(loaded: LoadedModel, engine: OnnxRuntimeEngine, ratios: list[floa
 
     # name -> (select the ratio, untimed; run one bs=1 inference, timed)
     runners = {
+        'onnxruntime_int8': (int8.set_keep_ratio, lambda r: int8.infer(x)),
         'onnxruntime': (engine.set_keep_ratio, lambda r: engine.infer(x)),
         'torch_eager': (eager.set_keep_ratio, lambda r: eager.infer(x)),
         'torch_pruned': (lambda r: None, run_pruned),
@@ -94,31 +106,39 @@ def _switch_us(engine: OnnxRuntimeEngine, ratios: list[float], repeats: int = 20
     return times
 
 
-def _agreement(loaded: LoadedModel, engine: OnnxRuntimeEngine, ratios: list[float],
-               n_images: int, batch_size: int = 100) -> dict[str, dict[str, float]]:
-    """Top-1 agreement and max |logit difference| between onnxruntime and torch eager."""
+def _agreement(loaded: LoadedModel, engine: OnnxRuntimeEngine, int8: OnnxRuntimeEngine,
+               ratios: list[float], n_images: int,
+               batch_size: int = 100) -> dict[str, dict[str, float]]:
+    """Top-1 agreement and max |logit difference| between onnxruntime and torch eager, top-1
+    agreement between int8 and fp32 onnxruntime, and the three accuracies."""
     from pls_perception.io.datasets import load_cifar10
     images, labels, _ = load_cifar10(limit=n_images if n_images < 10000 else None)
     eager = TorchEngine(loaded.model)
     out: dict[str, dict[str, float]] = {}
     for ratio in ratios:
-        engine.prepare([ratio])
-        engine.set_keep_ratio(ratio)
+        for e in (engine, int8):
+            e.prepare([ratio])
+            e.set_keep_ratio(ratio)
         eager.set_keep_ratio(ratio)
-        same = correct_ort = correct_torch = 0
+        same = same_int8 = correct_ort = correct_torch = correct_int8 = 0
         max_diff = 0.0
         for start in tqdm(range(0, len(images), batch_size), desc=f'agreement r={ratio}'):
             batch = loaded.preprocessing.to_tensor(images[start:start + batch_size]).numpy()
             ours, ref = engine.infer(batch), eager.infer(batch)
+            quantized = int8.infer(batch).argmax(1)
             y = labels[start:start + batch_size]
             same += int((ours.argmax(1) == ref.argmax(1)).sum())
+            same_int8 += int((quantized == ours.argmax(1)).sum())
             correct_ort += int((ours.argmax(1) == y).sum())
             correct_torch += int((ref.argmax(1) == y).sum())
+            correct_int8 += int((quantized == y).sum())
             max_diff = max(max_diff, float(np.abs(ours - ref).max()))
         n = len(images)
         out[str(ratio)] = {'images': n, 'top1_agreement': same / n,
                            'max_abs_logit_diff': max_diff, 'accuracy_onnxruntime': correct_ort / n,
-                           'accuracy_torch': correct_torch / n}
+                           'accuracy_torch': correct_torch / n,
+                           'int8_top1_agreement_with_fp32': same_int8 / n,
+                           'accuracy_int8': correct_int8 / n}
     eager.set_keep_ratio(1.0)
     return out
 
@@ -130,8 +150,7 @@ def _rss_child(args: argparse.Namespace) -> None:
     gc.collect()
     ctypes.CDLL('libc.so.6').malloc_trim(0)   # hand loading's freed memory back: honest baseline
     before = _rss_mb()
-    engine = OnnxRuntimeEngine.from_loaded(loaded, cache_dir=args.cache_dir, ratios=args.ratios,
-                                           intra_op_threads=args.threads)
+    engine = _onnx_engine(loaded, args, args.ratios, args.precision)
     x = np.zeros((1, 3, *engine.input_size), np.float32)
     for ratio in args.ratios:
         engine.set_keep_ratio(ratio)
@@ -145,10 +164,12 @@ def _rss(args: argparse.Namespace, ratios: list[float]) -> dict[str, Any]:
     if args.cache_dir:
         cmd += ['--cache-dir', str(args.cache_dir)]
     out = {}
-    for label, rs in (('one_session', [1.0]), ('all_sessions', ratios)):
-        proc = subprocess.run(cmd + ['--ratios', *map(str, rs)], capture_output=True, text=True,
-                              check=True)
-        out[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+    for precision in ('fp32', 'int8'):
+        suffix = '' if precision == 'fp32' else '_int8'
+        for label, rs in (('one_session', [1.0]), ('all_sessions', ratios)):
+            proc = subprocess.run(cmd + ['--precision', precision, '--ratios', *map(str, rs)],
+                                  capture_output=True, text=True, check=True)
+            out[label + suffix] = json.loads(proc.stdout.strip().splitlines()[-1])
     return out
 
 
@@ -165,8 +186,10 @@ def _plot(latency: dict[str, dict[float, float]], rss: dict[str, Any], path: Pat
     ax.set_title('ResNet-152 PLS, 32x32, batch 1 (same run, interleaved)')
     ax.grid(alpha=0.3)
     ax.legend()
-    labels = ['1 session', f"{rss['all_sessions']['sessions']} sessions"]
-    ax2.bar(labels, [rss['one_session']['rss_mb'], rss['all_sessions']['rss_mb']])
+    n = rss['all_sessions']['sessions']
+    labels = ['fp32\n1 session', f'fp32\n{n} sessions', 'int8\n1 session', f'int8\n{n} sessions']
+    ax2.bar(labels, [rss[k]['rss_mb'] for k in ('one_session', 'all_sessions',
+                                                'one_session_int8', 'all_sessions_int8')])
     ax2.set_ylabel('RSS added by the engine (MB)')
     ax2.set_title('onnxruntime memory')
     fig.tight_layout()
@@ -188,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--agreement-ratios', type=float, nargs='+', default=[1.0, 0.5])
     parser.add_argument('--cache-dir', default=None, help='ONNX cache (default: the engine\'s)')
     parser.add_argument('--rss-child', action='store_true', help=argparse.SUPPRESS)
+    parser.add_argument('--precision', default='fp32', help=argparse.SUPPRESS)  # --rss-child
     args = parser.parse_args(argv)
     if args.rss_child:
         _rss_child(args)
@@ -197,21 +221,29 @@ def main(argv: list[str] | None = None) -> None:
     loaded = _load(args.weights)
     ratios = sorted(set(args.ratios), reverse=True)
     start = time.perf_counter()
-    engine = OnnxRuntimeEngine.from_loaded(loaded, cache_dir=args.cache_dir, ratios=ratios,
-                                           intra_op_threads=args.threads)
+    engine = _onnx_engine(loaded, args, ratios, 'fp32')
     prepare_s = time.perf_counter() - start
-    latency = _latencies(loaded, engine, ratios, args.repeats)
+    int8 = _onnx_engine(loaded, args, ratios, 'int8')
+    latency = _latencies(loaded, engine, int8, ratios, args.repeats)
     switch = _switch_us(engine, ratios)
     agreement = {}
     if args.agreement_images > 0:
-        agreement = _agreement(loaded, engine, args.agreement_ratios, args.agreement_images)
+        agreement = _agreement(loaded, engine, int8, args.agreement_ratios,
+                               args.agreement_images)
     engine.close()
+    int8.close()
     rss = _rss(args, ratios)
 
     speedup = {r: latency['torch_eager'][r] / latency['onnxruntime'][r] for r in ratios}
+    int8_speedup = {r: latency['onnxruntime'][r] / latency['onnxruntime_int8'][r]
+                    for r in ratios}
     rss_factor = rss['all_sessions']['rss_mb'] / rss['one_session']['rss_mb']
     metrics = [
         metric('onnxruntime speed-up over eager at r=1', speedup.get(1.0), 'x', target_min=4),
+        metric('int8 speed-up over fp32 onnxruntime at r=1', int8_speedup.get(1.0), 'x',
+               target_min=2.5),
+        metric('onnxruntime int8 bs=1 latency at r=1', latency['onnxruntime_int8'].get(1.0),
+               'ms'),
         metric('onnxruntime bs=1 latency at r=1', latency['onnxruntime'].get(1.0), 'ms'),
         metric('torch eager bs=1 latency at r=1', latency['torch_eager'].get(1.0), 'ms'),
         metric('ratio switch, median', statistics.median(switch), 'us', target_max=1000),
@@ -223,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
                               100 * row['top1_agreement'], '%', target_min=99.95))
         metrics.append(metric(f'max |logit diff| at r={r}', row['max_abs_logit_diff'], '',
                               target_max=1e-3))
+        metrics.append(metric(f'int8 top-1 minus fp32 top-1 at r={r} ({row["images"]} images)',
+                              100 * (row['accuracy_int8'] - row['accuracy_onnxruntime']), 'pt',
+                              target_min=-0.5))
     notes = [
         'Latencies are medians of interleaved bs=1 runs in one process on a 2-core machine '
         'shared with other jobs: absolute numbers are inflated and noisy, ratios between '
@@ -234,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     details = {'ratios': ratios, 'latency_ms': {k: {str(r): v for r, v in per.items()}
                                                 for k, per in latency.items()},
                'speedup_vs_eager': {str(r): v for r, v in speedup.items()},
+               'int8_speedup_vs_fp32': {str(r): v for r, v in int8_speedup.items()},
                'switch_us': {'median': statistics.median(switch), 'max': max(switch)},
                'rss_mb': rss, 'agreement': agreement, 'prepare_s': prepare_s,
                'weights': args.weights, 'repeats': args.repeats,

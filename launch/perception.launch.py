@@ -32,6 +32,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument('dvfs_emulation', default_value='stretch',
                               description="simulated backend: stretch | profile (emulate the "
                                           "energy_profile's device latency)"),
+        DeclareLaunchArgument('precision', default_value='fp32',
+                              description='onnxruntime engine: fp32 | int8 (static quantization; '
+                                          'each ratio graph built once, about 25 s)'),
         DeclareLaunchArgument('params_file', default_value=str(paths.config_dir() /
                                                                'perception.yaml'),
                               description='perception node parameters YAML'),
@@ -47,6 +50,7 @@ def generate_launch_description() -> LaunchDescription:
             'device': LaunchConfiguration('device'),
             'dvfs_backend': LaunchConfiguration('dvfs_backend'),
             'dvfs_emulation': LaunchConfiguration('dvfs_emulation'),
+            'precision': LaunchConfiguration('precision'),
             'autostart': LaunchConfiguration('autostart')}],
         ros_arguments=['--log-level', LaunchConfiguration('log_level')])
     return LaunchDescription([*args, node])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from pathlib import Path
 
 from pls_perception import paths
 from pls_perception.pipeline.parameters import PARAMETERS
@@ -19,6 +20,21 @@ README = ROOT / 'README.md'
 TABLE1 = ROOT / 'docs' / 'results' / 'table1_combined' / 'table1.csv'
 DEMO = ROOT / 'docs' / 'results' / 'demo' / 'summary.json'
 FINE_TUNE = ROOT / 'docs' / 'results' / 'pls_train' / 'compare' / 'compare.csv'
+INT8 = ROOT / 'docs' / 'results' / 'int8' / 'compare' / 'compare.csv'
+ENGINES = ROOT / 'bench' / 'results' / 'bench_engines.json'
+
+
+def _runs(path: Path) -> dict[str, dict[str, dict]]:
+    """compare.csv of pls-eval --compare: run label -> ratio -> row."""
+    with path.open() as f:
+        runs: dict[str, dict[str, dict]] = {}
+        for row in csv.DictReader(f):
+            runs.setdefault(row['run'], {})[row['ratio']] = row
+    return runs
+
+
+def _pct(row: dict, key: str) -> str:
+    return f'{float(row[key]) * 100:.2f} %'
 
 
 def table1_rows() -> list[str]:
@@ -40,16 +56,19 @@ def demo_rows() -> list[str]:
 
 def fine_tune_rows() -> list[str]:
     """README rows: r | reference top-1 | fine-tuned top-1 | fine-tuned + BN recalibration."""
-    with FINE_TUNE.open() as f:
-        runs: dict[str, dict[str, dict]] = {}
-        for row in csv.DictReader(f):
-            runs.setdefault(row['run'], {})[row['ratio']] = row
+    runs = _runs(FINE_TUNE)
     reference, tuned = runs['reference'], runs['pls-train']
+    return [f'| {ratio} | {_pct(reference[ratio], "accuracy")} | {_pct(row, "accuracy")} | '
+            f'{_pct(row, "accuracy_bn")} |' for ratio, row in tuned.items()]
 
-    def pct(row: dict, key: str) -> str:
-        return f'{float(row[key]) * 100:.2f} %'
-    return [f'| {ratio} | {pct(reference[ratio], "accuracy")} | {pct(row, "accuracy")} | '
-            f'{pct(row, "accuracy_bn")} |' for ratio, row in tuned.items()]
+
+def int8_rows() -> list[str]:
+    """README rows: r | fp32 top-1 | int8 top-1 | int8 - fp32 | int8 speed-up over fp32."""
+    runs = _runs(INT8)
+    speedup = json.loads(ENGINES.read_text())['details']['int8_speedup_vs_fp32']
+    return [f'| {ratio} | {_pct(runs["fp32"][ratio], "accuracy")} | {_pct(row, "accuracy")} | '
+            f'{(float(row["accuracy"]) - float(runs["fp32"][ratio]["accuracy"])) * 100:+.2f} | '
+            f'{speedup[str(float(ratio))]:.2f}x |' for ratio, row in runs['int8'].items()]
 
 
 def test_readme_table1_is_the_committed_evaluation() -> None:
@@ -68,6 +87,14 @@ def test_readme_fine_tune_table_is_the_committed_evaluation() -> None:
     text = README.read_text()
     missing = [row for row in fine_tune_rows() if row not in text]
     assert not missing, f'README fine-tuning table differs from {FINE_TUNE}: {missing}'
+
+
+def test_readme_int8_table_is_the_committed_evaluation_and_benchmark() -> None:
+    text = README.read_text()
+    missing = [row for row in int8_rows() if row not in text]
+    assert not missing, f'README int8 table differs from {INT8} and {ENGINES}: {missing}'
+    if 'none falls back to fp32' in text:      # the README's claim under the table
+        assert min(float(row.split('|')[4]) for row in int8_rows()) >= -0.5
 
 
 def test_parameter_reference_lists_every_parameter() -> None:

@@ -5,11 +5,13 @@ import csv
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from pls_perception.io.datasets import CIFAR10_CLASSES
 from pls_perception.tools.eval_cli import COLUMNS, main, parse_ratios
 from tiny_cifar import make_tiny_cifar
 
@@ -149,3 +151,29 @@ def test_compare_rejects_what_does_not_compare(tmp_path: Path,
     (other / 'table1.json').write_text(json.dumps({'weights': 'b.pt'}))
     assert main(['--compare', str(other), '--out', out]) == 2
     assert "not a pls-eval table1.json (missing 'n_images')" in capsys.readouterr().err
+
+
+def test_onnxruntime_int8_run_and_its_errors(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    tiny = make_tiny_cifar(tmp_path / 'tiny.tar.gz', classes=CIFAR10_CLASSES, per_class=2)
+    common = ['--weights', 'random', '--allow-random', '--arch', 'resnet18', '--data', str(tiny),
+              '--calibration-data', str(tiny), '--ratios', '0.5', '--latency-runs', '2',
+              '--threads', '1', '--no-progress', '--onnx-cache-dir', str(tmp_path / 'cache')]
+    for extra, error in ((['--precision', 'int8'], '--precision int8 needs --engine onnxruntime'),
+                         (['--engine', 'onnxruntime', '--bn-recalibration', '8'],
+                          '--bn-recalibration needs --engine torch'),
+                         (['--engine', 'onnxruntime', '--precision', 'int8',
+                           '--int8-calibration-images', '30'], 'only 20 train images')):
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', UserWarning)   # random weights (when loaded)
+            assert main([*common, *extra, '--out', str(tmp_path / 'bad')]) == 2
+        assert error in capsys.readouterr().err
+    out = tmp_path / 'int8'
+    with pytest.warns(UserWarning, match='RANDOM'):
+        assert main([*common, '--engine', 'onnxruntime', '--precision', 'int8',
+                     '--int8-calibration-images', '20', '--out', str(out)]) == 0
+    summary = json.loads((out / 'table1.json').read_text())
+    assert (summary['engine'], summary['precision']) == ('onnxruntime', 'int8')
+    assert summary['int8_calibration_images'] == 20 and summary['n_images'] == 20
+    assert [r['ratio'] for r in summary['rows']] == ['1', '0.5']
+    assert all(0 <= r['accuracy'] <= 1 and r['latency_ms'] > 0 for r in summary['rows'])

@@ -17,7 +17,8 @@ with all ten ratios of ResNet-152 loaded, memory stays close to one session's.
 
 Cache layout (``cache_dir``: argument, else $PLS_ONNX_CACHE, else ~/.cache/pls_perception/onnx)::
 
-    <cache_dir>/<model_key>/          weights id, input size, onnxruntime version, CPU, providers
+    <cache_dir>/<model_key>/          weights id, input size, onnxruntime version, CPU, providers;
+                                      int8: precision and calibration set (int8_quantization)
         manifest.json                 what the key was made of (for humans)
         graphs/<graph_key>.json       index: key, masks, ratio, policy, the graph's digest, the
                                       initializer names, and the digest of all that
@@ -81,6 +82,7 @@ from onnx import TensorProto, numpy_helper
 
 from pls_perception.engines.base import InferenceEngine, check_batch
 from pls_perception.engines.build_worker import BuildWorker
+from pls_perception.engines.int8_quantization import PRECISIONS, CalibrationSet, quantize
 from pls_perception.errors import BackendError
 from pls_perception.skipping.network import Masks, Ratio, SkippableResNet, physically_pruned_copy
 
@@ -268,7 +270,10 @@ class OnnxRuntimeEngine(InferenceEngine):
     `from_loaded`). ``ratios`` are built (or loaded from the cache) before the constructor
     returns, as is ``keep_ratio``; ``background_ratios`` are loaded or built afterwards on the
     build thread, and any other ratio on first use. ``intra_op_threads`` = 0 lets ONNX Runtime
-    pick (one thread per core).
+    pick (one thread per core); ``spinning`` lets idle intra-op threads busy-wait for work
+    (ONNX Runtime's default: faster on idle cores, slower when another process needs them; see
+    bench/bench_threading.py). ``precision`` 'int8' quantizes every graph statically
+    (`int8_quantization`), calibrated on ``calibration``, which then keys the cache too.
     """
 
     name = 'onnxruntime'
@@ -276,8 +281,13 @@ class OnnxRuntimeEngine(InferenceEngine):
     def __init__(self, model: SkippableResNet, weights_id: str,
                  input_size: tuple[int, int] = (32, 32), ratios: Iterable[Ratio] = (),
                  keep_ratio: Ratio = 1.0, cache_dir: str | Path | None = None,
-                 device: str = 'cpu', intra_op_threads: int = 0,
-                 background_ratios: Iterable[Ratio] = ()) -> None:
+                 device: str = 'cpu', intra_op_threads: int = 0, spinning: bool = True,
+                 background_ratios: Iterable[Ratio] = (), precision: str = 'fp32',
+                 calibration: CalibrationSet | None = None) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+        if precision == 'int8' and calibration is None:
+            raise ValueError("precision 'int8' needs a calibration set (train-split images)")
         if len(input_size) != 2 or min(input_size) < 1:
             raise ValueError(f'input_size must be (H, W) > 0, got {input_size!r}')
         if intra_op_threads < 0:
@@ -287,6 +297,9 @@ class OnnxRuntimeEngine(InferenceEngine):
         self.device = device
         self.providers = execution_providers(device)
         self.intra_op_threads = intra_op_threads
+        self.spinning = spinning
+        self.precision = precision
+        self.calibration = calibration if precision == 'int8' else None
         on_gpu = self.providers[0] != 'CPUExecutionProvider'
         # Offline NCHWc optimisation is CPU-specific; GPU providers optimise at session time.
         self._offline_level = 'basic' if on_gpu else 'all'
@@ -294,6 +307,8 @@ class OnnxRuntimeEngine(InferenceEngine):
         key_parts = {'format': _FORMAT_VERSION, 'weights': weights_id,
                      'input_size': self.input_size, 'onnxruntime': ort.__version__,
                      'opset': OPSET, 'cpu': _cpu_signature(), 'offline': self._offline_level}
+        if self.calibration is not None:     # fp32 keys stay as they were
+            key_parts.update(precision=precision, calibration=self.calibration.key)
         self.cache_dir = base / _digest(key_parts)[:16]
         self._graph_dir = self.cache_dir / 'graphs'
         self._weight_dir = self.cache_dir / 'weights'
@@ -412,6 +427,7 @@ class OnnxRuntimeEngine(InferenceEngine):
                                           if m not in self._pending],
                     'ready_ratios': [g.ratio for g in self._graphs.values()],
                     'build_errors': list(self._errors.values()),
+                    'precision': self.precision,
                     'providers': list(self.providers),
                     'cache_dir': str(self.cache_dir)}
 
@@ -607,8 +623,14 @@ class OnnxRuntimeEngine(InferenceEngine):
     def _build(self, masks: Masks, ratio: Ratio, index_path: Path) -> _Entry:
         """Export + optimise one mask; move its tensors to the weight store; write the graph,
         then its index (last, so a reader never finds an index without its files)."""
-        _LOG.info('building the ONNX graph for keep ratio %r', ratio)
-        model = self._optimize(self._export(ratio))
+        _LOG.info('building the %s ONNX graph for keep ratio %r', self.precision, ratio)
+        model_bytes = self._export(ratio)
+        if self.calibration is not None:
+            _LOG.info('quantizing keep ratio %r to int8, calibrated on %s', ratio,
+                      self.calibration.source)
+            model_bytes = quantize(model_bytes, self.calibration.images(self.input_size),
+                                   INPUT_NAME)
+        model = self._optimize(model_bytes)
         renames: dict[str, str] = {}
         kept: list[TensorProto] = []
         seen: set[str] = set()
@@ -642,6 +664,7 @@ class OnnxRuntimeEngine(InferenceEngine):
         _write_atomic(graph_path, data)
         index = {'key': index_path.stem, 'ratio': ratio, 'masks': [list(m) for m in masks],
                  'policy': self.model.policy.name, 'input_size': self.input_size,
+                 'precision': self.precision,
                  'bn_recalibrated': self.model.has_bn_state(ratio), 'graph_sha256': graph_sha,
                  'initializers': names}
         index['digest'] = _digest(index)
@@ -699,6 +722,8 @@ class OnnxRuntimeEngine(InferenceEngine):
     def _session(self, entry: _Entry) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads
+        options.add_session_config_entry('session.intra_op.allow_spinning',
+                                         '1' if self.spinning else '0')
         options.log_severity_level = 3
         if self._offline_level == 'all':
             # Already optimised offline; optimising again would copy the shared weights.

@@ -123,6 +123,7 @@ class DvfsManagerNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
+        self._destroying = False
         self._declare_parameters()
         p = self.get_parameter
         why = check_parameters({name: p(name).value for name in self._declared})
@@ -371,8 +372,15 @@ class DvfsManagerNode(Node):
             'mode': self.mode,
         }
 
+    def destroy_node(self) -> None:
+        """A parameter response or timer firing while the node is destroyed publishes nothing
+        (its publisher may already be gone: InvalidHandleError on the executor thread)."""
+        self._destroying = True
+        self._future = None
+        super().destroy_node()
+
     def _publish_point(self) -> None:
-        if self.point is not None:
+        if self.point is not None and not self._destroying:
             self._point_pub.publish(String(data=json.dumps(self.point_dict())))
 
     # ---------------------------------------------------------------- watching the target

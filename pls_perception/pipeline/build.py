@@ -19,6 +19,7 @@ from pls_perception.dvfs import DvfsBackend, get_backend
 from pls_perception.dvfs.energy import EnergyMeter, profile_power_fn
 from pls_perception.dvfs.simulated import profile_latency_model
 from pls_perception.engines import make_engine, resolve_engine_name
+from pls_perception.engines.int8_quantization import CalibrationSet
 from pls_perception.operating_points.profiles import default_profile_path, load_profile
 from pls_perception.pipeline.frame_pipeline import FramePipeline, Setpoint
 from pls_perception.skipping.bn_recalibration import load_bn_states
@@ -61,15 +62,18 @@ def build_pipeline(params: Mapping[str, Any], setpoint: Setpoint, model_loader: 
         meter = _energy_meter(params, backend)
         # onnxruntime options (the torch engine ignores them): the first frame's ratio now,
         # the others on the engine's build thread while frames flow.
+        onnx_options = {}
         if resolve_engine_name(params['engine'], device) == 'onnxruntime':
-            progress(f'onnxruntime: loading the graph of keep ratio {setpoint.keep_ratio:g} from '
-                     'the cache, or exporting it (once, 10-30 s); the other prebuild_ratios '
-                     f'follow in the background (cache: {params["onnx_cache_dir"] or "default"})')
+            onnx_options = _onnx_options(params, loaded)
+            progress(f'onnxruntime {params["precision"]}: loading the graph of keep ratio '
+                     f'{setpoint.keep_ratio:g} from the cache, or building it (once, 10-30 s); '
+                     'the other prebuild_ratios follow in the background (cache: '
+                     f'{params["onnx_cache_dir"] or "default"})')
+        elif params['precision'] != 'fp32':
+            raise ValueError(f"precision {params['precision']!r} needs the onnxruntime engine "
+                             f"(engine is {params['engine']!r})")
         engine = make_engine(params['engine'], loaded, device=device,
-                             keep_ratio=setpoint.keep_ratio,
-                             background_ratios=list(params['prebuild_ratios']),
-                             cache_dir=params['onnx_cache_dir'] or None,
-                             intra_op_threads=params['num_threads'])
+                             keep_ratio=setpoint.keep_ratio, **onnx_options)
     except BaseException:
         backend.reset()
         raise
@@ -84,6 +88,19 @@ def build_pipeline(params: Mapping[str, Any], setpoint: Setpoint, model_loader: 
         pipeline.close()
         raise
     return pipeline
+
+
+def _onnx_options(params: Mapping[str, Any], loaded: LoadedModel) -> dict[str, Any]:
+    """OnnxRuntimeEngine options; an int8 calibration set is keyed now, read when quantizing."""
+    calibration = None
+    if params['precision'] == 'int8':
+        calibration = CalibrationSet.from_cifar10(params['int8_calibration_images'],
+                                                  loaded.preprocessing,
+                                                  params['int8_calibration_data'] or None)
+    return {'background_ratios': list(params['prebuild_ratios']),
+            'cache_dir': params['onnx_cache_dir'] or None,
+            'intra_op_threads': params['onnx_threads'], 'spinning': params['onnx_spinning'],
+            'precision': params['precision'], 'calibration': calibration}
 
 
 def _emulation_options(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from typing import Any
 
 from pls_perception.dvfs import BACKEND_NAMES
 from pls_perception.engines import ENGINE_NAMES
+from pls_perception.engines.int8_quantization import (DEFAULT_CALIBRATION_IMAGES,
+                                                      MIN_CALIBRATION_IMAGES, PRECISIONS)
 from pls_perception.io.image_conversion import DEFAULT_MAX_PIXELS
 from pls_perception.skipping.network import PROFILE_RATIOS
 
@@ -21,6 +23,10 @@ QOS_RELIABILITIES = ('best_effort', 'reliable')
 _DEVICE_PATTERN = re.compile(r'^(cpu|cuda(:\d+)?)$')
 # Parameters that change while frames flow; every other parameter is read at configure.
 RUNTIME_PARAMETERS = ('keep_ratio', 'frequency_mhz')
+# Measured by bench/bench_threading.py (fp32 and int8, idle and with a busy process); see
+# docs/engines.md.
+ONNX_THREADS = 1
+ONNX_SPINNING = False
 # The ratios of the shipped profiles: graphs ready soon after activation, the manager never waits.
 PREBUILD_RATIOS = PROFILE_RATIOS
 
@@ -95,6 +101,21 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         f'inference engine, one of {ENGINE_NAMES}; auto = onnxruntime on the CPU when '
         'installed (about 4x faster than eager torch at batch 1), else torch'),
     ParamSpec(
+        'precision', 'fp32',
+        f"onnxruntime engine: one of {PRECISIONS}; int8 = static quantization of every ratio's "
+        'graph, calibrated on int8_calibration_images train images (built once per ratio, '
+        'about 25 s each for ResNet-152, then cached); faster, top-1 per ratio in '
+        'docs/engines.md'),
+    ParamSpec(
+        'int8_calibration_images', DEFAULT_CALIBRATION_IMAGES,
+        'precision int8: CIFAR-10 train-split images the graphs are calibrated on (balanced '
+        'over classes; part of the cache key)',
+        int_range=(MIN_CALIBRATION_IMAGES, 10000)),
+    ParamSpec(
+        'int8_calibration_data', '',
+        "precision int8: the CIFAR-10 tarball whose train split calibrates; '' = searched "
+        'like the reference weights'),
+    ParamSpec(
         'prebuild_ratios', list(PREBUILD_RATIOS),
         'onnxruntime engine: keep ratios whose graphs are loaded from the cache (or built) in '
         'the background once keep_ratio\'s graph is ready at configure; a ratio asked for '
@@ -104,6 +125,16 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         'onnx_cache_dir', '',
         "onnxruntime engine: graph cache directory; '' = $PLS_ONNX_CACHE, else "
         '~/.cache/pls_perception/onnx'),
+    ParamSpec(
+        'onnx_threads', ONNX_THREADS,
+        'onnxruntime engine: intra-op threads per inference; 0 = one per core. Default: '
+        'fastest on a 2-core machine, idle or next to a busy process (bench_threading.py)',
+        int_range=(0, 1024)),
+    ParamSpec(
+        'onnx_spinning', ONNX_SPINNING,
+        'onnxruntime engine: idle intra-op threads busy-wait for the next work item (less '
+        'latency on otherwise idle cores, burns CPU and slows other processes when they '
+        'need the cores); no effect with 1 thread'),
     ParamSpec(
         'skip_policy', 'proportional',
         "which blocks a ratio keeps: 'proportional' or a skip-plan file (pls-plan)"),
@@ -175,6 +206,8 @@ def validate_parameter(name: str, value: Any) -> str | None:
         return _choice(value, DVFS_EMULATIONS)
     if name == 'engine':
         return _choice(value, ENGINE_NAMES)
+    if name == 'precision':
+        return _choice(value, PRECISIONS)
     if name == 'image_transport':
         return _choice(value, IMAGE_TRANSPORTS)
     if name == 'qos_reliability':

@@ -9,7 +9,7 @@ import statistics
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -26,6 +26,17 @@ from pls_perception.skipping.preprocessing import Preprocessing
 PAPER_TABLE1_PARAMS_M: dict[float, float] = {1.0: 58.16, 0.9: 54.81, 0.8: 50.06, 0.7: 46.43,
                                              0.5: 29.04, 0.3: 17.25, 0.1: 9.15}
 PAPER_FULL_ACCURACY = 0.8764
+
+
+class RatioEngine(Protocol):
+    """What `evaluate` needs of an engine (engines.InferenceEngine; not imported: engines is a
+    layer above skipping)."""
+
+    name: str
+
+    def set_keep_ratio(self, ratio: Any) -> None: ...
+
+    def infer_at(self, batch: np.ndarray) -> tuple[np.ndarray, Any]: ...
 
 
 @dataclass
@@ -60,11 +71,14 @@ def _batch(images: np.ndarray | torch.Tensor, start: int, stop: int,
 def evaluate(model: SkippableResNet, images: np.ndarray | torch.Tensor,
              labels: np.ndarray | torch.Tensor, ratios: Iterable[Ratio], batch_size: int = 100,
              progress: bool = False,
-             preprocessing: Preprocessing | None = None) -> list[RatioResult]:
+             preprocessing: Preprocessing | None = None,
+             engine: RatioEngine | None = None) -> list[RatioResult]:
     """Top-1 accuracy and mean cross-entropy of ``model`` at each ratio.
 
     ``images``: NxHxWx3 uint8 RGB (then ``preprocessing`` is required) or an Nx3xHxW float
-    tensor already preprocessed. ``labels``: N class indices (all >= 0).
+    tensor already preprocessed. ``labels``: N class indices (all >= 0). With ``engine`` (built
+    from ``model``, every ratio ready) the logits are the engine's, e.g. an int8 graph's;
+    parameters and MACs are still the model's.
     """
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     n = len(labels_t)
@@ -86,8 +100,11 @@ def evaluate(model: SkippableResNet, images: np.ndarray | torch.Tensor,
         for start in range(0, n, batch_size):
             x = _batch(images, start, start + batch_size, preprocessing)
             y = labels_t[start:start + batch_size]
-            with torch.no_grad(), model.using_ratio(ratio):
-                logits = model(x)
+            if engine is not None:
+                logits = _engine_logits(engine, x, ratio)
+            else:
+                with torch.no_grad(), model.using_ratio(ratio):
+                    logits = model(x)
             correct += int((logits.argmax(1) == y).sum())
             loss_sum += float(F.cross_entropy(logits.float(), y, reduction='sum'))
             bar.update(len(y))
@@ -99,9 +116,22 @@ def evaluate(model: SkippableResNet, images: np.ndarray | torch.Tensor,
     return results
 
 
+def _engine_logits(engine: RatioEngine, x: torch.Tensor, ratio: Ratio) -> torch.Tensor:
+    """``engine``'s logits for ``x`` at ``ratio``; ValueError if it cannot serve that ratio yet
+    (a score at another ratio would be filed under the wrong one)."""
+    engine.set_keep_ratio(ratio)
+    logits, served = engine.infer_at(x.numpy())
+    if served != ratio:
+        raise ValueError(f'the {engine.name} engine served keep ratio {served!r}, not {ratio!r} '
+                         '(build every ratio before evaluating)')
+    return torch.from_numpy(logits)
+
+
 def measure_latency_ms(model: SkippableResNet, input_size: tuple[int, int], ratio: Ratio,
-                       runs: int = 30, warmup: int = 5) -> float:
-    """Median wall-clock latency (ms) of a batch-1 forward pass at ``ratio``."""
+                       runs: int = 30, warmup: int = 5,
+                       engine: RatioEngine | None = None) -> float:
+    """Median wall-clock latency (ms) of a batch-1 forward pass at ``ratio`` (of ``engine``'s
+    graph when given)."""
     if runs < 1 or warmup < 0:
         raise ValueError(f'runs must be >= 1 and warmup >= 0, got runs={runs} warmup={warmup}')
     parameter = next(model.parameters())
@@ -110,7 +140,10 @@ def measure_latency_ms(model: SkippableResNet, input_size: tuple[int, int], rati
     with torch.no_grad(), model.using_ratio(ratio):
         for i in range(warmup + runs):
             start = time.perf_counter()
-            model(x)
+            if engine is None:
+                model(x)
+            else:
+                _engine_logits(engine, x, ratio)
             if i >= warmup:
                 durations.append(time.perf_counter() - start)
     return statistics.median(durations) * 1e3

@@ -15,9 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pls_perception import paths
+from pls_perception.engines.base import InferenceEngine
+from pls_perception.engines.int8_quantization import DEFAULT_CALIBRATION_IMAGES, PRECISIONS
 from pls_perception.errors import PlsError
 from pls_perception.io.datasets import load_cifar10, load_image_folder
 from pls_perception.skipping.bn_recalibration import (calibration_images, recalibrate,
@@ -79,10 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
                              'ratio 1.0 reference unless listed), e.g. to split a long run')
     parser.add_argument('--bn-batch-size', type=int, default=64)
     parser.add_argument('--calibration-data', default=str(paths.cifar10_tar()),
-                        help='CIFAR-10 tarball whose train split feeds the recalibration')
+                        help='CIFAR-10 tarball whose train split feeds the BN recalibration '
+                             'and the int8 calibration')
+    parser.add_argument('--engine', default='torch', choices=('torch', 'onnxruntime'),
+                        help='what computes the logits: eager torch (the reference) or the '
+                             "node's onnxruntime graphs")
+    parser.add_argument('--precision', default='fp32', choices=PRECISIONS,
+                        help='onnxruntime graphs: fp32, or int8 (static quantization)')
+    parser.add_argument('--int8-calibration-images', type=int,
+                        default=DEFAULT_CALIBRATION_IMAGES,
+                        help='train images the int8 graphs are calibrated on')
+    parser.add_argument('--onnx-cache-dir', default=None,
+                        help='onnxruntime graph cache (default: $PLS_ONNX_CACHE, else '
+                             '~/.cache/pls_perception/onnx)')
     parser.add_argument('--latency-runs', type=int, default=20,
                         help='bs=1 forward passes timed per ratio (0: skip)')
-    parser.add_argument('--threads', type=int, default=None, help='torch intra-op threads')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='intra-op threads (torch, or onnxruntime; default: theirs)')
     parser.add_argument('--out', default='out/eval', help='output directory')
     parser.add_argument('--no-progress', action='store_true', help='hide progress bars')
     parser.add_argument('--merge', nargs='+', metavar='DIR', default=None,
@@ -330,10 +346,14 @@ def run(args: argparse.Namespace) -> dict:
         return summary
     if args.threads:
         torch.set_num_threads(args.threads)
-    progress = not args.no_progress
     ratios = parse_ratios(args.ratios)
     if args.bn_only and not args.bn_recalibration:
         raise ValueError('--bn-only needs --bn-recalibration N > 0')
+    if args.precision == 'int8' and args.engine != 'onnxruntime':
+        raise ValueError('--precision int8 needs --engine onnxruntime')
+    if args.engine != 'torch' and args.bn_recalibration:
+        raise ValueError('--bn-recalibration needs --engine torch (the onnxruntime graphs are '
+                         'built before recalibration would change them)')
     if 1.0 not in ratios and not args.bn_only:
         ratios.insert(0, 1.0)   # the reference for the accuracy loss
     started = time.time()
@@ -341,11 +361,45 @@ def run(args: argparse.Namespace) -> dict:
     model = loaded.model
     images, labels, _ = _load_data(args, loaded)
     print(f'{len(images)} images from {args.data}; weights {loaded.source}', file=sys.stderr)
-    plain_ratios = [r for r in ratios if r == 1.0] if args.bn_only else ratios
-    plain = {r.ratio: r for r in evaluate(model, images, labels, plain_ratios, args.batch_size,
-                                          progress, loaded.preprocessing)}
+    engine = _engine(args, loaded, ratios)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        plain, recalibrated, latency = _score(args, loaded, images, labels, ratios, engine, out)
+    finally:
+        if engine is not None:
+            engine.close()
+    input_size = loaded.preprocessing.input_size
+    is_paper_model = args.arch == 'resnet152' and loaded.num_classes == 10
+    rows = build_rows(plain, recalibrated, latency, is_paper_model,
+                      count_parameters(model, 1.0))
+    summary = {
+        'weights': loaded.source, 'weights_sha256': loaded.sha256, 'arch': args.arch,
+        'num_classes': loaded.num_classes, 'data': str(args.data), 'split': args.split,
+        'n_images': len(images), 'bn_recalibration_images': args.bn_recalibration,
+        'batch_size': args.batch_size, 'torch_threads': torch.get_num_threads(),
+        'engine': args.engine, 'precision': args.precision,
+        'int8_calibration_images': (args.int8_calibration_images if args.precision == 'int8'
+                                    else None),
+        'latency_runs': args.latency_runs, 'input_size': list(input_size),
+        'paper_full_accuracy': PAPER_FULL_ACCURACY if is_paper_model else None,
+        'compression_definition': 'percent of the full model parameters removed',
+        'accuracy_loss_definition': 'percentage points below ratio 1.0 (trained BN stats)',
+        'elapsed_s': time.time() - started, 'rows': rows,
+    }
+    _write_outputs(rows, summary, out,
+                   f'{args.arch} PLS on {len(images)} images ({Path(args.data).name})'
+                   + (f', onnxruntime {args.precision}' if engine is not None else ''))
+    return summary
+
+
+def _score(args: argparse.Namespace, loaded: LoadedModel, images: np.ndarray, labels: np.ndarray,
+           ratios: list[Ratio], engine: InferenceEngine | None, out: Path) -> tuple:
+    """Plain results, BN-recalibrated results (or None) and bs=1 latency, per ratio."""
+    model, progress = loaded.model, not args.no_progress
+    plain_ratios = [r for r in ratios if r == 1.0] if args.bn_only else ratios
+    plain = {r.ratio: r for r in evaluate(model, images, labels, plain_ratios, args.batch_size,
+                                          progress, loaded.preprocessing, engine)}
     recalibrated = None
     if args.bn_recalibration:
         calibration = calibration_images(args.bn_recalibration, args.calibration_data)
@@ -359,25 +413,27 @@ def run(args: argparse.Namespace) -> dict:
     latency = {}
     input_size = loaded.preprocessing.input_size
     for ratio in ratios:
-        latency[ratio] = (measure_latency_ms(model, input_size, ratio, args.latency_runs)
+        latency[ratio] = (measure_latency_ms(model, input_size, ratio, args.latency_runs,
+                                             engine=engine)
                           if args.latency_runs > 0 else None)
-    is_paper_model = args.arch == 'resnet152' and loaded.num_classes == 10
-    rows = build_rows(plain, recalibrated, latency, is_paper_model,
-                      count_parameters(model, 1.0))
-    summary = {
-        'weights': loaded.source, 'weights_sha256': loaded.sha256, 'arch': args.arch,
-        'num_classes': loaded.num_classes, 'data': str(args.data), 'split': args.split,
-        'n_images': len(images), 'bn_recalibration_images': args.bn_recalibration,
-        'batch_size': args.batch_size, 'torch_threads': torch.get_num_threads(),
-        'latency_runs': args.latency_runs, 'input_size': list(input_size),
-        'paper_full_accuracy': PAPER_FULL_ACCURACY if is_paper_model else None,
-        'compression_definition': 'percent of the full model parameters removed',
-        'accuracy_loss_definition': 'percentage points below ratio 1.0 (trained BN stats)',
-        'elapsed_s': time.time() - started, 'rows': rows,
-    }
-    _write_outputs(rows, summary, out,
-                   f'{args.arch} PLS on {len(images)} images ({Path(args.data).name})')
-    return summary
+    return plain, recalibrated, latency
+
+
+def _engine(args: argparse.Namespace, loaded: LoadedModel,
+            ratios: list[Ratio]) -> InferenceEngine | None:
+    """The onnxruntime engine with every ratio's graph ready (None for --engine torch)."""
+    if args.engine == 'torch':
+        return None
+    from pls_perception.engines.int8_quantization import CalibrationSet
+    from pls_perception.engines.onnxruntime_engine import OnnxRuntimeEngine
+    calibration = (CalibrationSet.from_cifar10(args.int8_calibration_images,
+                                               loaded.preprocessing, args.calibration_data)
+                   if args.precision == 'int8' else None)
+    print(f'onnxruntime {args.precision}: loading or building {len(ratios)} graphs',
+          file=sys.stderr)
+    return OnnxRuntimeEngine.from_loaded(loaded, ratios=ratios, precision=args.precision,
+                                         calibration=calibration, cache_dir=args.onnx_cache_dir,
+                                         intra_op_threads=args.threads or 0)
 
 
 def main(argv: list[str] | None = None) -> int:

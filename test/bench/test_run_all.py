@@ -78,3 +78,12 @@ def test_unreadable_results_file_is_reported(tmp_path: Path) -> None:
     (tmp_path / 'broken.json').write_text('{not json')
     summary = run_all.render_summary(run_all.load_results(tmp_path))
     assert '| broken | (error) | unreadable results file' in summary
+
+
+def test_committed_summary_is_rendered_from_the_committed_results() -> None:
+    """bench/results/summary.md is what run_all makes of the JSON files beside it: a figure
+    edited by hand, or a JSON re-measured without --collect-only, fails here."""
+    results_dir = Path(run_all.BENCH_DIR) / 'results'
+    expected = run_all.render_summary(run_all.load_results(results_dir))
+    assert (results_dir / 'summary.md').read_text() == expected, (
+        'bench/results/summary.md is stale: run .venv/bin/python bench/run_all.py --collect-only')

@@ -264,6 +264,22 @@ def test_bad_auxiliary_files_fail_configure(harness: Callable[..., Harness], tmp
     assert h.node.lifecycle_state == 'unconfigured' and h.node.pipeline is None
 
 
+def test_int8_precision_configures_and_classifies(harness: Callable[..., Harness], tmp_path: Path,
+                                                 cifar: tuple) -> None:
+    """int8 needs the onnxruntime engine and its calibration images; then frames flow."""
+    images, _ = cifar
+    h = harness(precision='int8', onnx_cache_dir=str(tmp_path / 'cache'), prebuild_ratios=[1.0])
+    assert h.node.trigger_configure() == TransitionCallbackReturn.FAILURE   # engine torch
+    assert h.set(engine='onnxruntime',
+                 int8_calibration_data=str(tmp_path / 'missing.tar.gz'))[0].successful
+    assert h.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert h.node.lifecycle_state == 'unconfigured' and h.node.pipeline is None
+    assert h.set(int8_calibration_data='')[0].successful        # the searched CIFAR-10
+    h.start()
+    assert h.node.pipeline.engine.status()['precision'] == 'int8'
+    assert h.classify(image_msg(images[0], 'rgb8'))['keep_ratio'] == 1.0
+
+
 def test_unavailable_dvfs_backend_fails_configure(harness: Callable[..., Harness]) -> None:
     from pls_perception.dvfs import get_backend
     from pls_perception.errors import BackendError

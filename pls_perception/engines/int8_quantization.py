@@ -1,0 +1,142 @@
+"""Static int8 quantization of a ratio graph (ONNX Runtime QDQ), calibrated on train images.
+
+Why these settings: activations uint8, weights int8 per output channel with ``reduce_range``
+(7-bit weights). On x86 CPUs without VNNI the u8 x s8 multiply-add of full-range weights
+saturates: measured on the reference ResNet-152 at r = 1 (1,000 test images, 100 calibration
+images), full range gave 75.1 % top-1 against 79.5 % in fp32 (86 % same predictions); with
+``reduce_range`` 80.0 % (97 %), at 0.37x the fp32 latency. MinMax calibration.
+
+A `CalibrationSet` is what the graphs are calibrated on, and its ``key`` goes into the graph
+cache key, so graphs calibrated on other images are never reused. The images are read only when
+a graph is quantized: a warm start only hashes their source.
+"""
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pls_perception import paths
+from pls_perception.errors import DatasetError
+
+if TYPE_CHECKING:
+    from pls_perception.skipping.preprocessing import Preprocessing
+
+PRECISIONS = ('fp32', 'int8')
+# Fewer images give unstable activation ranges; more cost calibration time (about 0.1 s each).
+MIN_CALIBRATION_IMAGES = 10
+DEFAULT_CALIBRATION_IMAGES = 100
+_BATCH = 20
+
+
+class CalibrationSet:
+    """The preprocessed images (N x 3 x H x W float32) int8 graphs are calibrated on.
+
+    ``key`` names them in the cache key; ``load`` gives them when a graph is quantized (called
+    once, then kept). Checked on load: N >= MIN_CALIBRATION_IMAGES, the network's input size,
+    finite values; ValueError naming ``source`` otherwise.
+    """
+
+    def __init__(self, key: str, load: Callable[[], np.ndarray], source: str) -> None:
+        self.key = key
+        self.source = source
+        self._load = load
+        self._images: np.ndarray | None = None
+
+    @classmethod
+    def from_arrays(cls, images: np.ndarray, source: str = 'arrays') -> CalibrationSet:
+        """A set of images already in memory, keyed by their contents."""
+        images = _checked(images, None, source)
+        digest = hashlib.sha256(f'{images.dtype.str}{images.shape}'.encode())
+        digest.update(images.data)
+        return cls(f'arrays:{digest.hexdigest()}', lambda: images, source)
+
+    @classmethod
+    def from_cifar10(cls, n_images: int, preprocessing: Preprocessing,
+                     tar_path: str | Path | None = None) -> CalibrationSet:
+        """``n_images`` CIFAR-10 train-split images (balanced, deterministic; never the test
+        split), keyed by the tarball's SHA-256, the count and the preprocessing.
+
+        DatasetError naming the tarball if it is missing or unreadable.
+        """
+        if isinstance(n_images, bool) or not isinstance(n_images, int) \
+                or n_images < MIN_CALIBRATION_IMAGES:
+            raise ValueError(f'int8 calibration: need at least {MIN_CALIBRATION_IMAGES} '
+                             f'images, got {n_images!r}')
+        tar = Path(tar_path) if tar_path else paths.find_cifar10_tar()
+        digest = hashlib.sha256()
+        try:
+            with open(tar, 'rb') as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+        except OSError as e:
+            raise DatasetError(f'int8 calibration set {str(tar)!r}: {e.strerror or e}') from e
+
+        def load() -> np.ndarray:
+            from pls_perception.skipping.bn_recalibration import calibration_images
+            images = calibration_images(n_images, tar)
+            if len(images) < n_images:
+                raise DatasetError(f'int8 calibration set {str(tar)!r}: only {len(images)} '
+                                   f'train images (balanced over classes), {n_images} asked for')
+            return preprocessing.to_tensor(images).numpy()
+
+        spec = [digest.hexdigest(), 'train', n_images, repr(preprocessing)]
+        return cls('cifar10:' + hashlib.sha256(repr(spec).encode()).hexdigest(), load,
+                   f'{tar} (train split, {n_images} images)')
+
+    def images(self, input_size: tuple[int, int]) -> np.ndarray:
+        """The calibration images, loaded on first use and checked against ``input_size``."""
+        if self._images is None:
+            self._images = _checked(self._load(), None, self.source)
+        return _checked(self._images, input_size, self.source)
+
+
+def _checked(images: object, input_size: tuple[int, int] | None, source: str) -> np.ndarray:
+    if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[1] != 3:
+        shape = getattr(images, 'shape', type(images).__name__)
+        raise ValueError(f'int8 calibration set {source}: need N x 3 x H x W images, got {shape}')
+    if len(images) < MIN_CALIBRATION_IMAGES:
+        raise ValueError(f'int8 calibration set {source}: {len(images)} images, need at least '
+                         f'{MIN_CALIBRATION_IMAGES}')
+    if input_size is not None and tuple(images.shape[2:]) != tuple(input_size):
+        raise ValueError(f'int8 calibration set {source}: images are {images.shape[2]}x'
+                         f'{images.shape[3]}, the network takes {input_size[0]}x{input_size[1]}')
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    if not np.isfinite(images).all():
+        raise ValueError(f'int8 calibration set {source}: contains NaN or infinite values')
+    return images
+
+
+def quantize(model_bytes: bytes, images: np.ndarray, input_name: str) -> bytes:
+    """The fp32 ONNX model ``model_bytes`` as a static-QDQ int8 model, calibrated on ``images``.
+
+    Runs ONNX Runtime's pre-processing (shape inference, fusions) first, as its quantizer
+    expects; ``images`` are fed to ``input_name`` in batches of 20.
+    """
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches: Iterator[np.ndarray] = (
+                images[i:i + _BATCH] for i in range(0, len(images), _BATCH))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {input_name: batch}
+
+    with tempfile.TemporaryDirectory(prefix='pls_int8_') as tmp:
+        prepared, out = Path(tmp) / 'prepared.onnx', Path(tmp) / 'int8.onnx'
+        quant_pre_process(onnx.load_model_from_string(model_bytes), prepared,
+                          skip_symbolic_shape=True)
+        quantize_static(prepared, out, _Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8)
+        return out.read_bytes()

@@ -1,0 +1,142 @@
+"""precision int8: agreement with fp32 on real images, the cache key, bad calibration input."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pls_perception import paths
+from pls_perception.engines.int8_quantization import MIN_CALIBRATION_IMAGES, CalibrationSet
+from pls_perception.engines.onnxruntime_engine import OnnxRuntimeEngine
+from pls_perception.errors import DatasetError
+from pls_perception.pipeline.parameters import validate_parameter
+from pls_perception.skipping.network import SkippableResNet
+from pls_perception.skipping.preprocessing import CIFAR10_PREPROCESSING
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, size, size)).astype(np.float32)
+
+
+def _int8(model: SkippableResNet, cache: Path, calibration: CalibrationSet,
+          **kw: object) -> OnnxRuntimeEngine:
+    return OnnxRuntimeEngine(model, 'small-resnet18', cache_dir=cache, intra_op_threads=1,
+                             precision='int8', calibration=calibration, **kw)
+
+
+def test_int8_agrees_with_fp32_on_a_fixed_test_subset(onnx_cache: Path) -> None:
+    """Reference ResNet-152, 200 test images (20 per class), calibrated on 100 train images."""
+    if not paths.reference_weights().is_file() or not paths.cifar10_tar().is_file():
+        pytest.skip(f'needs the shared reference weights and CIFAR-10 in {paths.shared_dir()}')
+    from pls_perception.io.datasets import load_cifar10
+    from pls_perception.skipping.weights import load_model
+    loaded = load_model(str(paths.reference_weights()))
+    images, labels, _ = load_cifar10(per_class=20)
+    batch = loaded.preprocessing.to_tensor(images).numpy()
+    calibration = CalibrationSet.from_cifar10(100, loaded.preprocessing)
+    ratios = (1.0, 0.5)
+    with OnnxRuntimeEngine.from_loaded(loaded, cache_dir=onnx_cache, ratios=ratios,
+                                       intra_op_threads=1) as fp32, \
+            OnnxRuntimeEngine.from_loaded(loaded, cache_dir=onnx_cache, ratios=ratios,
+                                          precision='int8', calibration=calibration,
+                                          intra_op_threads=1) as int8:
+        assert int8.cache_dir != fp32.cache_dir
+        assert int8.status()['precision'] == 'int8'
+        for ratio in ratios:
+            fp32.set_keep_ratio(ratio)
+            int8.set_keep_ratio(ratio)
+            ours, theirs = int8.infer(batch).argmax(1), fp32.infer(batch).argmax(1)
+            agreement = float((ours == theirs).mean())
+            accuracy_gap = abs(float((ours == labels).mean() - (theirs == labels).mean()))
+            # Measured on these 200 images: 96-98 % agreement, gaps of 1 point or less.
+            assert agreement >= 0.90, (ratio, agreement)
+            assert accuracy_gap <= 0.04, (ratio, accuracy_gap)
+
+
+def test_int8_graphs_are_cached_under_their_calibration(small_model: SkippableResNet,
+                                                       tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    calibration = CalibrationSet.from_arrays(_images(16), 'noise A')
+    with _int8(small_model, tmp_path, calibration) as engine:
+        first_dir = engine.cache_dir
+        logits = engine.infer(_images(2, seed=1))
+    assert np.isfinite(logits).all() and logits.shape == (2, 10)
+
+    def no_quantizing(*_: object, **__: object) -> bytes:
+        raise AssertionError('a cached int8 graph was quantized again')
+    import pls_perception.engines.onnxruntime_engine as ort_engine
+    monkeypatch.setattr(ort_engine, 'quantize', no_quantizing)
+    same = CalibrationSet.from_arrays(_images(16), 'noise A, again')
+    with _int8(small_model, tmp_path, same) as engine:
+        assert engine.cache_dir == first_dir
+        np.testing.assert_array_equal(engine.infer(_images(2, seed=1)), logits)
+    other = CalibrationSet.from_arrays(_images(16, seed=5), 'noise B')
+    with pytest.raises(AssertionError, match='quantized'):
+        _int8(small_model, tmp_path, other)        # another calibration set: another graph
+    fp32 = OnnxRuntimeEngine(small_model, 'small-resnet18', cache_dir=tmp_path,
+                             intra_op_threads=1)
+    assert fp32.cache_dir != first_dir and fp32.status()['precision'] == 'fp32'
+    fp32.close()
+
+
+def test_calibration_images_are_read_only_to_quantize(small_model: SkippableResNet,
+                                                      tmp_path: Path) -> None:
+    loads: list[int] = []
+
+    def load() -> np.ndarray:
+        loads.append(1)
+        return _images(12)
+    calibration = CalibrationSet('test:lazy', load, 'lazy noise')
+    with _int8(small_model, tmp_path, calibration, ratios=(0.5,)):
+        pass
+    assert loads == [1]                            # two graphs, one read
+    warm = CalibrationSet('test:lazy', load, 'lazy noise')
+    with _int8(small_model, tmp_path, warm, ratios=(0.5,)):
+        pass
+    assert loads == [1]                            # warm cache: not read at all
+
+
+@pytest.mark.parametrize('images, reason', [
+    (_images(16, size=16), 'images are 16x16, the network takes 32x32'),
+    (np.where(np.arange(16 * 3 * 32 * 32).reshape(16, 3, 32, 32) == 7, np.nan,
+              _images(16)).astype(np.float32), 'NaN or infinite'),
+    (_images(MIN_CALIBRATION_IMAGES - 1), f'need at least {MIN_CALIBRATION_IMAGES}'),
+    (np.zeros((16, 32, 32, 3), np.float32), r'need N x 3 x H x W'),
+])
+def test_bad_calibration_images_are_rejected(small_model: SkippableResNet, tmp_path: Path,
+                                             images: np.ndarray, reason: str) -> None:
+    calibration = CalibrationSet('test:bad', lambda: images, 'the bad set')
+    with pytest.raises(ValueError, match=f'the bad set.*{reason}'):
+        _int8(small_model, tmp_path, calibration)
+    assert not list(tmp_path.glob('*/graphs/*.json'))     # nothing cached
+
+
+def test_bad_calibration_sources_and_options_are_rejected(small_model: SkippableResNet,
+                                                          tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match='missing.tar.gz'):
+        CalibrationSet.from_cifar10(100, CIFAR10_PREPROCESSING, tmp_path / 'missing.tar.gz')
+    for bad in (MIN_CALIBRATION_IMAGES - 1, 0, True, 12.5):
+        with pytest.raises(ValueError, match='at least'):
+            CalibrationSet.from_cifar10(bad, CIFAR10_PREPROCESSING)   # type: ignore[arg-type]
+    with pytest.raises(ValueError, match='NaN'):
+        CalibrationSet.from_arrays(np.full((16, 3, 32, 32), np.inf, np.float32))
+    with pytest.raises(ValueError, match='needs a calibration set'):
+        OnnxRuntimeEngine(small_model, 'x', cache_dir=tmp_path, precision='int8')
+    with pytest.raises(ValueError, match='precision must be one of'):
+        OnnxRuntimeEngine(small_model, 'x', cache_dir=tmp_path, precision='int4')
+    assert 'int4' in validate_parameter('precision', 'int4')
+    assert validate_parameter('precision', 'int8') is None
+
+
+def test_a_damaged_calibration_tarball_is_named(small_model: SkippableResNet,
+                                                tmp_path: Path) -> None:
+    tar = tmp_path / 'damaged.tar.gz'
+    tar.write_bytes(b'not a tarball' * 100)
+    calibration = CalibrationSet.from_cifar10(20, CIFAR10_PREPROCESSING, tar)
+    assert calibration.key.startswith('cifar10:')
+    with pytest.raises(DatasetError, match='damaged.tar.gz'):
+        _int8(small_model, tmp_path, calibration)
+
