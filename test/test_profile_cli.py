@@ -292,3 +292,30 @@ def test_cli_missing_accuracy_ratio_exits_2(tmp_path: Path) -> None:
         assert profile_cli.main(['--weights', 'random', '--arch', 'resnet18', '--ratios',
                                  '0.5,1.0', '--accuracy', str(acc), '--backend', 'simulated',
                                  '--out', str(tmp_path / 'p.yaml'), '--no-progress']) == 2
+
+
+def test_cli_int8_scores_and_times_the_int8_graphs(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from pls_perception import paths
+    if not paths.cifar10_tar().is_file():
+        pytest.skip(f'needs CIFAR-10 in {paths.shared_dir()} (calibration and accuracy)')
+    common = ['--weights', 'random', '--arch', 'resnet18', '--ratios', '0.5,1.0',
+              '--repeats', '2', '--warmup', '0', '--backend', 'simulated', '--frequencies',
+              '1000', '--out', str(tmp_path / 'int8.yaml'), '--no-progress',
+              '--precision', 'int8']
+    fp32_table = tmp_path / 'table1.json'
+    fp32_table.write_text(json.dumps({'precision': 'fp32', 'rows': []}))
+    for extra, error in ((['--accuracy-images', '1'], '--precision int8 needs --engine onnx'),
+                         (['--engine', 'onnxruntime', '--accuracy', str(fp32_table)],
+                          'was not measured on int8 graphs')):
+        with pytest.warns(UserWarning, match='RANDOM'):
+            assert profile_cli.main([*common, *extra]) == 2
+        assert error in capsys.readouterr().err
+    with pytest.warns(UserWarning, match='RANDOM'):
+        assert profile_cli.main([*common, '--engine', 'onnxruntime', '--accuracy-images', '2',
+                                 '--int8-calibration-images', '20']) == 0
+    prof = load_profile(tmp_path / 'int8.yaml')
+    assert (prof.model['engine'], prof.model['precision']) == ('onnxruntime', 'int8')
+    assert 'on the int8 graphs' in ' '.join(prof.notes)
+    assert prof.accuracy.shape == (2,) and ((prof.accuracy >= 0) & (prof.accuracy <= 1)).all()
+    assert (prof.latency_ms > 0).all()

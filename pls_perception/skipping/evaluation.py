@@ -149,11 +149,12 @@ def measure_latency_ms(model: SkippableResNet, input_size: tuple[int, int], rati
     return statistics.median(durations) * 1e3
 
 
-def evaluate_accuracy(loaded: Any, ratios: Sequence[float], n_per_class: int
-                      ) -> dict[float, float]:
-    """Top-1 per keep ratio on ``n_per_class`` shared CIFAR-10 test images per class."""
+def evaluate_accuracy(loaded: Any, ratios: Sequence[float], n_per_class: int,
+                      engine: RatioEngine | None = None) -> dict[float, float]:
+    """Top-1 per keep ratio on ``n_per_class`` shared CIFAR-10 test images per class (of
+    ``engine``'s graphs when given)."""
     from pls_perception.io.datasets import load_cifar10
     images, labels, _ = load_cifar10(paths.cifar10_tar(), split='test', per_class=n_per_class)
     results = evaluate(loaded.model, images, labels, ratios, batch_size=50, progress=True,
-                       preprocessing=loaded.preprocessing)
+                       preprocessing=loaded.preprocessing, engine=engine)
     return {float(r.ratio): r.accuracy for r in results}

@@ -18,6 +18,7 @@ each plan ratio takes the latency and power of the PLS ratio running the same MA
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import sys
@@ -31,7 +32,9 @@ from tqdm import tqdm
 
 from pls_perception import paths
 from pls_perception.dvfs import BACKEND_NAMES, DvfsBackend, get_backend
-from pls_perception.engines import ENGINE_NAMES, InferenceEngine, make_engine
+from pls_perception.engines import ENGINE_NAMES, InferenceEngine, make_engine, resolve_engine_name
+from pls_perception.engines.int8_quantization import (DEFAULT_CALIBRATION_IMAGES, PRECISIONS,
+                                                      CalibrationSet)
 from pls_perception.errors import PlsError
 from pls_perception.operating_points.policy_profiles import (AccuracyTable, derive_plan_profile,
                                                              load_accuracy_table)
@@ -143,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help='state_dict path | imagenet | random (default: shared reference)')
     parser.add_argument('--arch', default='resnet152', help='torchvision ResNet name')
     parser.add_argument('--engine', choices=ENGINE_NAMES, default='torch')
+    parser.add_argument('--precision', choices=PRECISIONS, default='fp32',
+                        help='onnxruntime graphs: fp32, or int8 (static quantization; accuracy '
+                             'then from --accuracy-images run on the int8 graphs, or an int8 '
+                             'pls-eval table)')
+    parser.add_argument('--int8-calibration-images', type=int,
+                        default=DEFAULT_CALIBRATION_IMAGES,
+                        help='precision int8: CIFAR-10 train images the graphs are calibrated on')
     parser.add_argument('--ratios', type=parse_floats, default=None,
                         help=f'keep ratios (default: those of --accuracy, else {DEFAULT_RATIOS})')
     parser.add_argument('--skip-policy', default='proportional', metavar='proportional|PLAN',
@@ -156,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='MHz list (default: the backend\'s; simulated = Orin Nano CPU)')
     parser.add_argument('--repeats', type=int, default=20, help='timed runs per point (median)')
     parser.add_argument('--warmup', type=int, default=3, help='untimed runs per point')
-    parser.add_argument('--threads', type=int, default=1, help='torch intra-op threads')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='intra-op threads (torch, or onnxruntime)')
     parser.add_argument('--power-from', default='orin_nano_cpu',
                         help='profile whose power model is used (default orin_nano_cpu)')
     parser.add_argument('--power-model', type=float, nargs=3, default=None,
@@ -207,16 +218,15 @@ def measure(args: argparse.Namespace) -> OperatingPointProfile:
     policy, plan = policy_info(args.skip_policy, loaded.sha256)
     if plan is not None:
         loaded.model.set_policy(PlanPolicy(plan, name=policy.name))
+    int8 = args.precision == 'int8'
+    if int8 and resolve_engine_name(args.engine) != 'onnxruntime':
+        raise ValueError('--precision int8 needs --engine onnxruntime')
+    if int8 and args.accuracy and _table_precision(args.accuracy) != 'int8':
+        raise ValueError(f'{args.accuracy} was not measured on int8 graphs (pls-eval --engine '
+                         'onnxruntime --precision int8); give such a table or --accuracy-images')
     table = (load_accuracy_table(args.accuracy, plan, policy, loaded.sha256)
              if args.accuracy else None)
     ratios = _ratios(args, table)
-    if table is not None:
-        accuracy, accuracy_note = table.at(ratios), table.note
-    else:
-        measured = evaluate_accuracy(loaded, ratios, args.accuracy_images)
-        accuracy = [measured[r] for r in ratios]
-        accuracy_note = (f'CIFAR-10 test, {args.accuracy_images} images per class, under '
-                         f'{policy.name}')
     model, power_note = power_model_from(args)
     backend = get_backend(args.backend, sysfs_root=args.sysfs_root,
                           **({'frequencies_mhz': args.frequencies}
@@ -224,10 +234,21 @@ def measure(args: argparse.Namespace) -> OperatingPointProfile:
     freqs = sorted(args.frequencies or backend.available_frequencies_mhz())
     # Every ratio built up front: an onnxruntime ratio built on first use would serve the previous
     # ratio meanwhile, and its latency would be recorded for the wrong ratio.
-    engine = make_engine(args.engine, loaded, ratios=list(ratios), intra_op_threads=args.threads)
+    calibration = (CalibrationSet.from_cifar10(args.int8_calibration_images,
+                                               loaded.preprocessing) if int8 else None)
+    engine = make_engine(args.engine, loaded, ratios=list(ratios), intra_op_threads=args.threads,
+                         precision=args.precision, calibration=calibration)
     h, w = loaded.preprocessing.input_size
     batch = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
     try:
+        if table is not None:
+            accuracy, accuracy_note = table.at(ratios), table.note
+        else:   # int8: scored on the int8 graphs themselves
+            measured = evaluate_accuracy(loaded, ratios, args.accuracy_images,
+                                         engine=engine if int8 else None)
+            accuracy = [measured[r] for r in ratios]
+            accuracy_note = (f'CIFAR-10 test, {args.accuracy_images} images per class, under '
+                             f'{policy.name}' + (', on the int8 graphs' if int8 else ''))
         latency, lat_src = measure_latency_grid(engine, batch, ratios, backend, freqs,
                                                 args.repeats, args.warmup,
                                                 progress=not args.no_progress)
@@ -246,7 +267,7 @@ def measure(args: argparse.Namespace) -> OperatingPointProfile:
         sources={'accuracy': 'measured', 'latency_ms': lat_src, 'power_w': 'modelled'},
         latency_rule=rule, skip_policy=policy,
         model={'arch': loaded.model.__class__.__name__, 'weights': loaded.source,
-               'sha256': loaded.sha256, 'engine': engine.name,
+               'sha256': loaded.sha256, 'engine': engine.name, 'precision': args.precision,
                'input_size': [int(h), int(w)], 'batch_size': 1, 'torch_threads': args.threads,
                'repeats': args.repeats, 'warmup': args.warmup, 'dvfs_backend': backend.name},
         notes=(
@@ -257,6 +278,14 @@ def measure(args: argparse.Namespace) -> OperatingPointProfile:
                f'frequencies follow {SCALING_RULE}.') + policy_note,
             f'Power is modelled: {power_note}.',
             f'Accuracy: {accuracy_note}'))
+
+
+def _table_precision(path: str) -> str:
+    """The precision a pls-eval table1.json was measured at ('fp32' for any other table)."""
+    try:
+        return str(json.loads(Path(path).read_text()).get('precision', 'fp32'))
+    except (OSError, ValueError, AttributeError):
+        return 'fp32'      # unreadable or not a mapping: load_accuracy_table says why
 
 
 def main(argv: Sequence[str] | None = None) -> int:
