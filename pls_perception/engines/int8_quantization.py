@@ -4,7 +4,7 @@ Why these settings: activations uint8, weights int8 per output channel with ``re
 (7-bit weights). On x86 CPUs without VNNI the u8 x s8 multiply-add of full-range weights
 saturates: measured on the reference ResNet-152 at r = 1 (1,000 test images, 100 calibration
 images), full range gave 75.1 % top-1 against 79.5 % in fp32 (86 % same predictions); with
-``reduce_range`` 80.0 % (97 %), at 0.37x the fp32 latency. MinMax calibration.
+``reduce_range`` 80.0 % (97 %), at about a third of the fp32 latency. MinMax calibration.
 
 A `CalibrationSet` is what the graphs are calibrated on, and its ``key`` goes into the graph
 cache key, so graphs calibrated on other images are never reused. The images are read only when
@@ -16,7 +16,6 @@ import hashlib
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
     from pls_perception.skipping.preprocessing import Preprocessing
 
 PRECISIONS = ('fp32', 'int8')
-# Fewer images give unstable activation ranges; more cost calibration time (about 0.1 s each).
+# Fewer images give unstable activation ranges; more only lengthen each graph's calibration.
 MIN_CALIBRATION_IMAGES = 10
 DEFAULT_CALIBRATION_IMAGES = 100
 _BATCH = 20
