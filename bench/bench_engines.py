@@ -33,7 +33,8 @@ from _results import RESULTS_DIR, machine_info, metric, print_metrics, write_res
 
 from pls_perception import paths  # noqa: E402
 from pls_perception.engines import TorchEngine  # noqa: E402
-from pls_perception.engines.int8_quantization import CalibrationSet  # noqa: E402
+from pls_perception.engines.int8_quantization import (DEFAULT_CALIBRATION_IMAGES,  # noqa: E402
+                                                      CalibrationSet)
 from pls_perception.engines.onnxruntime_engine import OnnxRuntimeEngine  # noqa: E402
 from pls_perception.skipping.network import physically_pruned_copy  # noqa: E402
 from pls_perception.skipping.weights import LoadedModel, load_model  # noqa: E402
@@ -53,7 +54,7 @@ def _load(weights: str) -> LoadedModel:
 
 def _onnx_engine(loaded: LoadedModel, args: argparse.Namespace, ratios: list[float],
                  precision: str) -> OnnxRuntimeEngine:
-    calibration = (CalibrationSet.from_cifar10(100, loaded.preprocessing)
+    calibration = (CalibrationSet.from_cifar10(DEFAULT_CALIBRATION_IMAGES, loaded.preprocessing)
                    if precision == 'int8' else None)
     return OnnxRuntimeEngine.from_loaded(loaded, cache_dir=args.cache_dir, ratios=ratios,
                                          intra_op_threads=args.threads, precision=precision,

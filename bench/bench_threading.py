@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import RESULTS_DIR, machine_info, metric, print_metrics, write_result  # noqa: E402
 
 from pls_perception import paths  # noqa: E402
-from pls_perception.engines.int8_quantization import CalibrationSet  # noqa: E402
+from pls_perception.engines.int8_quantization import (DEFAULT_CALIBRATION_IMAGES,  # noqa: E402
+                                                      CalibrationSet)
 from pls_perception.engines.onnxruntime_engine import OnnxRuntimeEngine  # noqa: E402
 from pls_perception.skipping.weights import load_model  # noqa: E402
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     machine = machine_info()
     loaded = load_model(args.weights)
-    calibration = CalibrationSet.from_cifar10(100, loaded.preprocessing)
+    calibration = CalibrationSet.from_cifar10(DEFAULT_CALIBRATION_IMAGES, loaded.preprocessing)
     results: dict[str, dict[str, dict[str, dict[float, float]]]] = {}
     for precision in ('fp32', 'int8'):
         engines = {label: OnnxRuntimeEngine.from_loaded(
