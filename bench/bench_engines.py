@@ -124,7 +124,7 @@ def _agreement(loaded: LoadedModel, engine: OnnxRuntimeEngine, int8: OnnxRuntime
         same = same_int8 = correct_ort = correct_torch = correct_int8 = 0
         max_diff = 0.0
         for start in tqdm(range(0, len(images), batch_size), desc=f'agreement r={ratio}'):
-            batch = loaded.preprocessing.to_tensor(images[start:start + batch_size]).numpy()
+            batch = loaded.preprocessing.to_array(images[start:start + batch_size])
             ours, ref = engine.infer(batch), eager.infer(batch)
             quantized = int8.infer(batch).argmax(1)
             y = labels[start:start + batch_size]

@@ -3,7 +3,7 @@
 For 32x32, 1920x1080, 4000x3000 and the largest frame ``max_image_pixels`` accepts by default
 (4096x4096), as raw rgb8 and as PNG and JPEG: the peak growth of the resident set and the median
 time of the node's path (``image_to_rgb`` / ``compressed_to_rgb`` with the preprocessing's
-reduction, then ``to_tensor``), and of ``to_tensor`` on the full-size zero-copy view of a raw frame
+reduction, then ``to_array``), and of ``to_array`` on the full-size zero-copy view of a raw frame
 (what callers that convert at full size, like bag replay, pay). Every case runs in a fresh process
 so that one case's peak does not hide another's; the frame is built before the measurement, so
 the peak is what converting it adds. Frames are a textured scene (smooth colours, grey-level noise
@@ -99,12 +99,12 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')                                   # reset the peak (VmHWM)
     before = _status('VmRSS')
-    prep.to_tensor(convert())
+    prep.to_array(convert())
     peak_mb = (_status('VmHWM') - before) / 2**20
     times = []
     for _ in range(case['repeats']):
         start = time.perf_counter()
-        prep.to_tensor(convert())
+        prep.to_array(convert())
         times.append(time.perf_counter() - start)
     return {'peak_mb': peak_mb, 'median_ms': sorted(times)[len(times) // 2] * 1e3,
             'input_bytes': len(data)}

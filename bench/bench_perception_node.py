@@ -153,7 +153,7 @@ def main() -> None:
                'us'),
         metric('node overhead per frame, median (e2e - network)',
                round(statistics.median(overhead_ms), 2), 'ms', target_max=10),
-        metric('  of which preprocessing (to_tensor), median',
+        metric('  of which preprocessing (to_array), median',
                round(statistics.median(preprocess_ms), 2), 'ms'),
         metric('network latency p50 at keep_ratio 0.5', round(statistics.median(network_ms), 1),
                'ms'),

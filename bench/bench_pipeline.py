@@ -109,9 +109,9 @@ def set_ratio(probe: PipelineProbe, keep_ratio: float) -> None:
 
 def bare_inference_s(engine: InferenceEngine, loaded: LoadedModel, frame: np.ndarray) -> float:
     """Preprocessing + inference of one frame in this process, as a script would do it (and as
-    the node does it: ``to_tensor`` then ``engine.infer``)."""
+    the node does it: ``to_array`` then ``engine.infer``)."""
     start = time.perf_counter()
-    engine.infer(loaded.preprocessing.to_tensor(frame).numpy())
+    engine.infer(loaded.preprocessing.to_array(frame))
     return time.perf_counter() - start
 
 

@@ -1,17 +1,21 @@
-"""Benchmark: time from starting the perception node to its first classification, cold and warm.
+"""Benchmark: time from starting the perception node to its first classification, cold and
+warm, fp32 and int8; whether PyTorch was imported, and the node's memory with every prebuilt
+ratio loaded.
 
 The node runs as its own process with ``autostart: true`` (what ``perception.launch.py`` does),
-the reference weights and an ONNX cache directory of its own: empty for the cold start (the
+the reference weights and an ONNX cache directory per precision: empty for the cold start (the
 first ratio's graph is exported before activation, the other prebuilt ratios afterwards in the
-background), the one the cold start filled for the warm start. A probe in this process publishes
-a CIFAR-10-sized frame every 0.2 s from the moment the node is started and records when the first
-result arrives on ``~/frame_info``, and, from the node's first answer on, how long each
-``get_state`` took to answer while it configured and activated.
+background), the one the cold start filled for the warm starts, which serve the cached graphs
+without PyTorch (engines/serving_record.py). A probe in this process publishes a CIFAR-10-sized
+frame every 0.05 s from the moment the node is started and records when the first result
+arrives on ``~/frame_info``, and, from the node's first answer on, how long each ``get_state``
+took to answer while it configured and activated. Once the node reports no graph building, its
+resident memory (VmRSS) is read from /proc, and whether ``libtorch`` is mapped into it.
 
 Writes bench/results/bench_startup.json. Absolute times move with the machine's load (recorded in
-the file); the cold/warm ratio and the answer times are the figures that matter.
+the file).
 
-Usage: .venv/bin/python bench/bench_startup.py [--runs 2]
+Usage: .venv/bin/python bench/bench_startup.py [--warm-runs 3] [--precisions fp32 int8]
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,15 +37,29 @@ from _results import metric, print_metrics, write_result  # noqa: E402
 
 from pls_perception import paths  # noqa: E402
 from pls_perception.testing.graph_probe import (PERCEPTION_MODULE, NodeProcess,  # noqa: E402
-                                                PipelineProbe, probe_session)
+                                                PipelineProbe, probe_session, rss_mb,
+                                                torch_loaded)
 
-FRAME_PERIOD_S = 0.2
-TIMEOUT_S = 600.0
+FRAME_PERIOD_S = 0.05
+TIMEOUT_S = 900.0
+# issue #14's targets: warm start, and steady-state memory per precision
+WARM_START_TARGET_S = 3.0
+RSS_TARGET_MB = {'fp32': 400.0, 'int8': 250.0}
 
 
-def time_to_first_classification(probe: PipelineProbe, cache: Path, log_dir: Path
-                                 ) -> tuple[float, list[float]]:
-    """(seconds from process start to the first result, get_state answer times in s)."""
+@dataclass
+class Start:
+    """One start of the node: to first classification, answers meanwhile, then at rest."""
+
+    seconds: float
+    answers: list[float]
+    torch_at_first: bool
+    rss_mb: float
+    torch_at_rest: bool
+
+
+def start_node(probe: PipelineProbe, cache: Path, log_dir: Path, precision: str) -> Start:
+    """Start a node on ``cache``, time its first classification, wait for its graphs, measure."""
     start = len(probe.classifications)
     frame = np.zeros((32, 32, 3), np.uint8)
     answers: list[float] = []
@@ -62,18 +81,27 @@ def time_to_first_classification(probe: PipelineProbe, cache: Path, log_dir: Pat
     t0 = time.perf_counter()
     node = NodeProcess(PERCEPTION_MODULE, {
         'weights': str(paths.find_reference_weights()), 'dvfs_backend': 'simulated',
-        'autostart': True, 'onnx_cache_dir': str(cache)},
+        'autostart': True, 'onnx_cache_dir': str(cache), 'precision': precision},
         log_dir=log_dir)
     asker = threading.Thread(target=ask_state, daemon=True)
     asker.start()
     try:
-        while time.perf_counter() - t0 < TIMEOUT_S:
+        while True:
             probe.publish_frame(frame)
             if probe.classifications.wait_for(lambda r: True, FRAME_PERIOD_S, start) is not None:
-                return time.perf_counter() - t0, list(answers)
+                seconds = time.perf_counter() - t0
+                break
             if not node.alive():
                 raise RuntimeError(f'perception node exited:\n{node.tail(20)}')
-        raise TimeoutError(f'no classification within {TIMEOUT_S:g} s:\n{node.tail(20)}')
+            if time.perf_counter() - t0 > TIMEOUT_S:
+                raise TimeoutError(f'no classification within {TIMEOUT_S:g} s:\n{node.tail(20)}')
+        stop.set()
+        torch_at_first = torch_loaded(node.pid)
+        probe.wait_for_graphs(TIMEOUT_S)
+        for _ in range(5):       # a few frames, so buffers reach their steady size
+            probe.round_trip(frame, timeout_s=30.0)
+        return Start(seconds, list(answers), torch_at_first, rss_mb(node.pid),
+                     torch_loaded(node.pid))
     finally:
         stop.set()
         asker.join(10.0)
@@ -82,33 +110,52 @@ def time_to_first_classification(probe: PipelineProbe, cache: Path, log_dir: Pat
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--runs', type=int, default=2, help='cold+warm pairs (default 2)')
+    parser.add_argument('--warm-runs', type=int, default=3,
+                        help='warm starts per precision after its cold start (default 3)')
+    parser.add_argument('--precisions', nargs='+', choices=('fp32', 'int8'),
+                        default=['fp32', 'int8'], help='engine precisions (default both)')
     args = parser.parse_args(argv)
-    cold, warm, slowest, counts = [], [], [], []
+    starts: dict[str, dict[str, list[Start]]] = {}
     with probe_session() as probe, tempfile.TemporaryDirectory(prefix='pls_startup_') as tmp:
-        for run in tqdm(range(args.runs), desc='cold+warm starts', unit='pair'):
-            cache = Path(tmp) / f'cache_{run}'
-            for label, samples in (('cold', cold), ('warm', warm)):
-                seconds, answers = time_to_first_classification(
-                    probe, cache, Path(tmp) / f'logs_{run}_{label}')
-                samples.append(seconds)
-                slowest.append(max(answers, default=math.nan))
-                counts.append(len(answers))
-                tqdm.write(f'{label}: first classification after {seconds:.1f} s, slowest of '
-                           f'{len(answers)} get_state answers {slowest[-1] * 1e3:.0f} ms')
-    metrics = [
-        metric('cold start to first classification (median)', statistics.median(cold), 's',
-               target_max=20.0),
-        metric('warm start to first classification (median)', statistics.median(warm), 's'),
-        metric('cold / warm start', statistics.median(cold) / statistics.median(warm), 'x'),
-        metric('slowest get_state answer during start-up',
-               max((x for x in slowest if not math.isnan(x)), default=math.nan) * 1e3, 'ms',
-               target_max=500.0),
-    ]
+        with tqdm(total=len(args.precisions) * (1 + args.warm_runs), desc='node starts',
+                  unit='start') as bar:
+            for precision in args.precisions:
+                runs = starts[precision] = {'cold': [], 'warm': []}
+                for i in range(1 + args.warm_runs):
+                    label = 'cold' if i == 0 else 'warm'
+                    run = start_node(probe, Path(tmp) / f'cache_{precision}',
+                                     Path(tmp) / f'logs_{precision}_{i}', precision)
+                    runs[label].append(run)
+                    bar.update()
+                    tqdm.write(f'{precision} {label}: first classification after '
+                               f'{run.seconds:.2f} s (torch imported: {run.torch_at_first}), '
+                               f'RSS at rest {run.rss_mb:.0f} MB (torch: {run.torch_at_rest})')
+    metrics = []
+    for precision, runs in starts.items():
+        cold, warm = runs['cold'][0], runs['warm']
+        warm_s = statistics.median(r.seconds for r in warm)
+        warm_rss = statistics.median(r.rss_mb for r in warm)
+        metrics += [
+            metric(f'{precision} cold start to first classification', cold.seconds, 's',
+                   target_max=20.0 if precision == 'fp32' else None),
+            metric(f'{precision} warm start to first classification (median)', warm_s, 's',
+                   target_max=WARM_START_TARGET_S),
+            metric(f'{precision} cold / warm start', cold.seconds / warm_s, 'x'),
+            metric(f'{precision} warm starts that imported torch', sum(
+                r.torch_at_rest for r in warm), 'starts', target_max=0.5),
+            metric(f'{precision} node RSS at rest, all prebuilt ratios, warm start (median)',
+                   warm_rss, 'MB', target_max=RSS_TARGET_MB[precision]),
+            metric(f'{precision} node RSS at rest after a cold start (torch loaded)',
+                   cold.rss_mb, 'MB'),
+        ]
+    every = [r for runs in starts.values() for rs in runs.values() for r in rs]
+    slowest = [max(r.answers, default=math.nan) for r in every]
+    metrics.append(metric('slowest get_state answer during start-up',
+                          max((x for x in slowest if not math.isnan(x)), default=math.nan) * 1e3,
+                          'ms', target_max=500.0))
     path = write_result('bench_startup', metrics, details={
-        'cold_s': cold, 'warm_s': warm, 'slowest_get_state_s': slowest,
-        'get_state_answers': counts,
-        'frame_period_s': FRAME_PERIOD_S})
+        precision: {label: [asdict(r) for r in rs] for label, rs in runs.items()}
+        for precision, runs in starts.items()} | {'frame_period_s': FRAME_PERIOD_S})
     print_metrics(metrics, path)
     return 0
 

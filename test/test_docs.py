@@ -22,6 +22,7 @@ DEMO = ROOT / 'docs' / 'results' / 'demo' / 'summary.json'
 FINE_TUNE = ROOT / 'docs' / 'results' / 'pls_train' / 'compare' / 'compare.csv'
 INT8 = ROOT / 'docs' / 'results' / 'int8' / 'compare' / 'compare.csv'
 ENGINES = ROOT / 'bench' / 'results' / 'bench_engines.json'
+STARTUP = ROOT / 'bench' / 'results' / 'bench_startup.json'
 
 
 def _runs(path: Path) -> dict[str, dict[str, dict]]:
@@ -71,6 +72,23 @@ def int8_rows() -> list[str]:
             f'{speedup[str(float(ratio))]:.2f}x |' for ratio, row in runs['int8'].items()]
 
 
+def startup_rows() -> list[str]:
+    """README rows: precision | cold start | warm start | warm starts importing torch | RSS at
+    rest after a warm start | after a cold start."""
+    doc = json.loads(STARTUP.read_text())
+    value = {m['name']: m['value'] for m in doc['metrics']}
+    rows = []
+    for p in ('fp32', 'int8'):
+        warm = doc['details'][p]['warm']
+        rows.append(
+            f'| {p} | {value[f"{p} cold start to first classification"]:.1f} s | '
+            f'{value[f"{p} warm start to first classification (median)"]:.2f} s | '
+            f'{value[f"{p} warm starts that imported torch"]} of {len(warm)} | '
+            f'{value[f"{p} node RSS at rest, all prebuilt ratios, warm start (median)"]:.0f} MB | '
+            f'{value[f"{p} node RSS at rest after a cold start (torch loaded)"]:.0f} MB |')
+    return rows
+
+
 def test_readme_table1_is_the_committed_evaluation() -> None:
     text = README.read_text()
     missing = [row for row in table1_rows() if row not in text]
@@ -95,6 +113,12 @@ def test_readme_int8_table_is_the_committed_evaluation_and_benchmark() -> None:
     assert not missing, f'README int8 table differs from {INT8} and {ENGINES}: {missing}'
     if 'none falls back to fp32' in text:      # the README's claim under the table
         assert min(float(row.split('|')[4]) for row in int8_rows()) >= -0.5
+
+
+def test_readme_startup_table_is_the_committed_benchmark() -> None:
+    text = README.read_text()
+    missing = [row for row in startup_rows() if row not in text]
+    assert not missing, f'README start-up table differs from {STARTUP}: {missing}'
 
 
 def test_parameter_reference_lists_every_parameter() -> None:

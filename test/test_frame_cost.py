@@ -2,8 +2,8 @@
 
 An 8000x8000 PNG of 62 KB once took +0.94 GB and 4.3 s, a raw 8192x8192 mono8 frame +0.89 GB:
 preprocessing made a float32 copy of the whole frame before resizing. Each case runs the node's
-path (convert with the preprocessing's reduction, then ``to_tensor``) and the path of callers
-that convert at full size (``to_tensor`` on the zero-copy view), and checks the peak growth of
+path (convert with the preprocessing's reduction, then ``to_array``) and the path of callers
+that convert at full size (``to_array`` on the zero-copy view), and checks the peak growth of
 the resident set: bounded by the network input, not by the frame (PNG: by its decoded bitmap).
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _cost(prep: str, height: int, width: int, frame: str, node_path: bool,
     setup = (_SETUP.format(prep=prep, height=height, width=width)
              + frame.format(max_pixels=max_pixels, **kw))
     reduction = 'reduction=prep.reduction' if node_path else ''
-    return run(setup, f'prep.to_tensor(convert({reduction}))', cap_mb=3072)
+    return run(setup, f'prep.to_array(convert({reduction}))', cap_mb=3072)
 
 
 @pytest.mark.parametrize('node_path', [True, False], ids=['node', 'full-size view'])

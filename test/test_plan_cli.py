@@ -15,8 +15,8 @@ from PIL import Image
 
 from pls_perception.errors import ProfileError
 from pls_perception.io.datasets import CIFAR10_CLASSES
+from pls_perception.io.file_inputs import sha256_of
 from pls_perception.skipping.plans import load_plan, removable_blocks
-from pls_perception.skipping.weights import sha256_of
 from pls_perception.tools import plan_cli
 
 

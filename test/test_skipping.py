@@ -14,9 +14,9 @@ import torchvision
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from pls_perception.skipping.network import (RESNET152_DEPTHS, STAGE_NAMES, ProportionalPolicy,
-                                             SkippableResNet, SkipPolicy, blocks_kept,
-                                             physically_pruned_copy)
+from pls_perception.skipping.network import SkippableResNet, physically_pruned_copy
+from pls_perception.skipping.ratios import (RESNET152_DEPTHS, STAGE_NAMES, ProportionalPolicy,
+                                            SkipPolicy, blocks_kept)
 
 torch.set_num_threads(1)
 

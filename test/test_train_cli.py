@@ -12,8 +12,9 @@ import torch
 import torchvision
 from tiny_cifar import make_tiny_cifar
 
+from pls_perception.io.file_inputs import sha256_of
 from pls_perception.skipping.bn_recalibration import load_bn_states
-from pls_perception.skipping.weights import load_model, sha256_of
+from pls_perception.skipping.weights import load_model
 from pls_perception.tools.eval_cli import main as eval_main
 from pls_perception.tools.train_cli import main, parse_ratios
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from pls_perception import paths
 from pls_perception.errors import DatasetError
+from pls_perception.io.file_inputs import sha256_of
 
 if TYPE_CHECKING:
     from pls_perception.skipping.preprocessing import Preprocessing
@@ -68,11 +69,8 @@ class CalibrationSet:
             raise ValueError(f'int8 calibration: need at least {MIN_CALIBRATION_IMAGES} '
                              f'images, got {n_images!r}')
         tar = Path(tar_path) if tar_path else paths.find_cifar10_tar()
-        digest = hashlib.sha256()
         try:
-            with open(tar, 'rb') as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
+            tar_sha256 = sha256_of(tar)
         except OSError as e:
             raise DatasetError(f'int8 calibration set {str(tar)!r}: {e.strerror or e}') from e
 
@@ -82,9 +80,9 @@ class CalibrationSet:
             if len(images) < n_images:
                 raise DatasetError(f'int8 calibration set {str(tar)!r}: only {len(images)} '
                                    f'train images (balanced over classes), {n_images} asked for')
-            return preprocessing.to_tensor(images).numpy()
+            return preprocessing.to_array(images)
 
-        spec = [digest.hexdigest(), 'train', n_images, repr(preprocessing)]
+        spec = [tar_sha256, 'train', n_images, repr(preprocessing)]
         return cls('cifar10:' + hashlib.sha256(repr(spec).encode()).hexdigest(), load,
                    f'{tar} (train split, {n_images} images)')
 

@@ -7,10 +7,10 @@ How the ratios share one copy of the weights
 --------------------------------------------
 Every skip mask gets its own graph: `physically_pruned_copy` (kept blocks only, with the
 BatchNorm statistics the model uses at that ratio, so BN recalibration carries over) is exported
-with the TorchScript exporter and optimised offline by ONNX Runtime (BN folding, NCHWc weight
-reordering). Every initializer of the optimised graph is then renamed after the SHA-256 of its
-contents and stored once in a content-addressed weight store; the graph file keeps only
-placeholders. At load time each distinct tensor becomes one `OrtValue`, handed to every session
+(`onnx_export`) with the TorchScript exporter and optimised offline by ONNX Runtime (BN folding,
+NCHWc weight reordering). Every initializer of the optimised graph is then renamed after the
+SHA-256 of its contents and stored once in a content-addressed weight store; the graph file keeps
+only placeholders. At load time each distinct tensor becomes one `OrtValue`, handed to every session
 that uses it with `SessionOptions.add_initializer`, which ONNX Runtime uses in place. The sessions
 run with graph optimisation off (the graphs are already optimised), so nothing re-copies them:
 with all ten ratios of ResNet-152 loaded, memory stays close to one session's.
@@ -47,7 +47,14 @@ is asked for: a cold start builds only what the first frame needs. The build thr
 that `close` does not wait for, so a process can stop while a graph is being exported (every
 cache write is atomic, so an interrupted build leaves no partial entry).
 
-Over 500 lines: export, the content-addressed store, its verification on load and the sessions
+Serving without PyTorch
+-----------------------
+Only building a graph needs PyTorch (`onnx_export`) and ``onnx``; both are imported then, not
+before. Graph keys are derived from the model, so an engine given a `serving_record` (ratio ->
+masks, graph key, written by earlier engines) and a model *loader* serves cached graphs without
+the model, reading them with `onnx_wire`, and loads the model only when a graph must be built.
+
+Over 500 lines: the content-addressed store, its verification on load and the sessions
 that share its tensors are one mechanism whose invariants (names are digests, placeholders point
 into the store) must change together.
 """
@@ -61,32 +68,28 @@ import math
 import os
 import platform
 import re
-import signal
 import tempfile
 import threading
-import time
-import traceback
-import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-import torch
-import torch.onnx
-from google.protobuf.message import DecodeError
-from onnx import TensorProto, numpy_helper
 
 from pls_perception.engines.base import InferenceEngine, check_batch
 from pls_perception.engines.build_worker import BuildWorker
 from pls_perception.engines.int8_quantization import PRECISIONS, CalibrationSet, quantize
+from pls_perception.engines.onnx_wire import initializers
 from pls_perception.errors import BackendError
-from pls_perception.skipping.network import Masks, Ratio, SkippableResNet, physically_pruned_copy
+from pls_perception.skipping.ratios import Masks, Ratio
 
 if TYPE_CHECKING:
+    import onnx
+
+    from pls_perception.engines.serving_record import ServingRecord
+    from pls_perception.skipping.network import SkippableResNet
     from pls_perception.skipping.weights import LoadedModel
 
 _LOG = logging.getLogger(__name__)
@@ -97,8 +100,6 @@ OUTPUT_NAME = 'logits'
 _PLACEHOLDER = 'placeholder.bin'
 # Bumped when the export or cache format changes, so stale caches are never reused.
 _FORMAT_VERSION = 2
-# Longest a graph export may take (ResNet-152 takes seconds) before its process is killed.
-EXPORT_TIMEOUT_S = 600.0
 # An initializer name in a cached graph: the digest of the tensor in weights/<digest>.npy.
 _WEIGHT_NAME = re.compile(r'w_([0-9a-f]{64})')
 _SHA256 = re.compile(r'[0-9a-f]{64}')
@@ -146,7 +147,7 @@ def _cpu_signature() -> str:
     return f'{platform.machine()}|' + '|'.join(f'{k}={fields[k]}' for k in sorted(fields))
 
 
-def _digest(*parts: object) -> str:
+def content_digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -157,7 +158,7 @@ def _array_digest(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-class _CorruptEntry(Exception):
+class CorruptEntry(Exception):
     """A cache file failed verification: it is removed and its entry rebuilt."""
 
     def __init__(self, path: Path, reason: str) -> None:
@@ -170,7 +171,7 @@ def _read_tensor(path: Path, digest: str) -> np.ndarray:
     """The array in the ``.npy`` file ``path``, which must hash to ``digest``.
 
     The header is checked (plain numeric C-order array, data size equal to the file's) before
-    anything of the size it claims is allocated. _CorruptEntry for anything else.
+    anything of the size it claims is allocated. CorruptEntry for anything else.
     """
     try:
         with open(path, 'rb') as f:
@@ -189,25 +190,25 @@ def _read_tensor(path: Path, digest: str) -> np.ndarray:
                 raise ValueError(f'{stored} bytes of data for a {dtype} array of shape {shape}')
             array = np.fromfile(f, dtype=dtype, count=math.prod(shape)).reshape(shape)
     except FileNotFoundError:
-        raise _CorruptEntry(path, 'missing') from None
+        raise CorruptEntry(path, 'missing') from None
     except (OSError, ValueError, SyntaxError) as e:   # SyntaxError: a garbled header literal
-        raise _CorruptEntry(path, f'unreadable ({e})') from e
+        raise CorruptEntry(path, f'unreadable ({e})') from e
     if _array_digest(array) != digest:
-        raise _CorruptEntry(path, 'its contents do not match its name')
+        raise CorruptEntry(path, 'its contents do not match its name')
     return array
 
 
-def _read_capped(path: Path, limit: int) -> bytes:
-    """A cache file's bytes; _CorruptEntry if missing, unreadable or beyond ``limit`` bytes."""
+def read_capped(path: Path, limit: int) -> bytes:
+    """A cache file's bytes; CorruptEntry if missing, unreadable or beyond ``limit`` bytes."""
     try:
         with open(path, 'rb') as f:
             data = f.read(limit + 1)
     except FileNotFoundError:
-        raise _CorruptEntry(path, 'missing') from None
+        raise CorruptEntry(path, 'missing') from None
     except OSError as e:
-        raise _CorruptEntry(path, f'unreadable ({e.strerror or e})') from e
+        raise CorruptEntry(path, f'unreadable ({e.strerror or e})') from e
     if len(data) > limit:
-        raise _CorruptEntry(path, f'larger than {limit} bytes')
+        raise CorruptEntry(path, f'larger than {limit} bytes')
     return data
 
 
@@ -220,16 +221,7 @@ class _Entry:
     placeholder_bytes: int
 
 
-def state_digest(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over a state_dict's names and float32 contents (weights without a file hash)."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        digest.update(name.encode())
-        digest.update(state[name].detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write via a temp file + rename, so a concurrent reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
@@ -240,18 +232,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _export_bytes(model: torch.nn.Module, input_size: tuple[int, int]) -> bytes:
-    """``model`` as an ONNX model (TorchScript exporter, dynamic batch) in memory."""
-    dummy = torch.zeros(1, 3, *input_size)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter('ignore')   # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model, (dummy,), buffer, dynamo=False, opset_version=OPSET,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: 'batch'}, OUTPUT_NAME: {0: 'batch'}})
-    return buffer.getvalue()
 
 
 @dataclass(frozen=True)
@@ -274,16 +254,23 @@ class OnnxRuntimeEngine(InferenceEngine):
     (ONNX Runtime's default: faster on idle cores, slower when another process needs them; see
     bench/bench_threading.py). ``precision`` 'int8' quantizes every graph statically
     (`int8_quantization`), calibrated on ``calibration``, which then keys the cache too.
+
+    ``model`` may be None and ``model_loader`` a function that loads it: with a ``serving`` record
+    that knows the ratios' masks and graph keys, cached graphs are then served without the model
+    (and without torch), which is loaded on the first graph that must be built. The record
+    learns every ratio this engine loads or builds.
     """
 
     name = 'onnxruntime'
 
-    def __init__(self, model: SkippableResNet, weights_id: str,
+    def __init__(self, model: SkippableResNet | None, weights_id: str,
                  input_size: tuple[int, int] = (32, 32), ratios: Iterable[Ratio] = (),
                  keep_ratio: Ratio = 1.0, cache_dir: str | Path | None = None,
                  device: str = 'cpu', intra_op_threads: int = 0, spinning: bool = True,
                  background_ratios: Iterable[Ratio] = (), precision: str = 'fp32',
-                 calibration: CalibrationSet | None = None) -> None:
+                 calibration: CalibrationSet | None = None,
+                 serving: ServingRecord | None = None,
+                 model_loader: Callable[[], SkippableResNet] | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
         if precision == 'int8' and calibration is None:
@@ -292,7 +279,12 @@ class OnnxRuntimeEngine(InferenceEngine):
             raise ValueError(f'input_size must be (H, W) > 0, got {input_size!r}')
         if intra_op_threads < 0:
             raise ValueError(f'intra_op_threads must be >= 0, got {intra_op_threads!r}')
-        self.model = model.eval()
+        if model is None and model_loader is None:
+            raise ValueError('the onnxruntime engine needs a model or a model_loader')
+        self._model = model.eval() if model is not None else None
+        self._model_loader = model_loader
+        self._model_lock = threading.Lock()
+        self.serving = serving
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.device = device
         self.providers = execution_providers(device)
@@ -309,14 +301,14 @@ class OnnxRuntimeEngine(InferenceEngine):
                      'opset': OPSET, 'cpu': _cpu_signature(), 'offline': self._offline_level}
         if self.calibration is not None:     # fp32 keys stay as they were
             key_parts.update(precision=precision, calibration=self.calibration.key)
-        self.cache_dir = base / _digest(key_parts)[:16]
+        self.cache_dir = base / content_digest(key_parts)[:16]
         self._graph_dir = self.cache_dir / 'graphs'
         self._weight_dir = self.cache_dir / 'weights'
         self._graph_dir.mkdir(parents=True, exist_ok=True)
         self._weight_dir.mkdir(parents=True, exist_ok=True)
         manifest = self.cache_dir / 'manifest.json'
         if not manifest.exists():
-            _write_atomic(manifest, json.dumps(key_parts, indent=2).encode())
+            write_atomic(manifest, json.dumps(key_parts, indent=2).encode())
 
         self._lock = threading.Lock()          # guards the fields below; held for microseconds
         self._build_lock = threading.Lock()    # one export at a time (torch + memory heavy)
@@ -340,9 +332,23 @@ class OnnxRuntimeEngine(InferenceEngine):
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, device: str = 'cpu', **kw: Any) -> OnnxRuntimeEngine:
         """Engine for a `LoadedModel`: weights id = file SHA-256 (else a digest of the state)."""
-        weights_id = loaded.sha256 or f'state:{state_digest(loaded.model.state_dict())}'
+        if loaded.sha256 is not None:
+            weights_id = loaded.sha256
+        else:
+            from pls_perception.engines.onnx_export import state_digest
+            weights_id = f'state:{state_digest(loaded.model.state_dict())}'
         kw.setdefault('input_size', loaded.preprocessing.input_size)
         return cls(loaded.model, weights_id, device=device, **kw)
+
+    @property
+    def model(self) -> SkippableResNet:
+        """The network, loaded (with torch) on first use when the engine was given a loader."""
+        with self._model_lock:
+            if self._model is None:
+                assert self._model_loader is not None
+                _LOG.info('loading the model in PyTorch: a graph must be built')
+                self._model = self._model_loader().eval()
+            return self._model
 
     # -- InferenceEngine ---------------------------------------------------------------------
     @property
@@ -428,6 +434,7 @@ class OnnxRuntimeEngine(InferenceEngine):
                     'ready_ratios': [g.ratio for g in self._graphs.values()],
                     'build_errors': list(self._errors.values()),
                     'precision': self.precision,
+                    'torch_model_loaded': self._model is not None,
                     'providers': list(self.providers),
                     'cache_dir': str(self.cache_dir)}
 
@@ -452,7 +459,12 @@ class OnnxRuntimeEngine(InferenceEngine):
         return worker.wait_idle(timeout_s) and not self.pending_ratios
 
     def _masks(self, ratio: Ratio) -> Masks:
-        """The model's skip masks for ``ratio`` under its current policy (ValueError if bad)."""
+        """The model's skip masks for ``ratio`` under its current policy (ValueError if bad);
+        the serving record's while the model is not loaded."""
+        if self._model is None and self.serving is not None:
+            masks = self.serving.masks(ratio)
+            if masks is not None:
+                return masks
         if isinstance(ratio, bool) or not isinstance(ratio, (float, int, tuple)):
             return self.model.masks_for(ratio)     # rejects bools; lists are unhashable
         policy = self.model.policy
@@ -511,103 +523,77 @@ class OnnxRuntimeEngine(InferenceEngine):
                 self._active = _Graph(masks, self._requested, graph.session)
 
     def _graph_key(self, masks: Masks, ratio: Ratio) -> str:
-        state = self.model.bn_state_for(ratio)
-        bn = hashlib.sha256()
-        for name in sorted(self.model.bn_modules()):
-            for stat in ('running_mean', 'running_var'):
-                bn.update(state[f'{name}.{stat}'].detach().float().cpu().numpy().tobytes())
-        return _digest([list(m) for m in masks], bn.hexdigest())[:16]
+        """Skip masks + the BN statistics used at them: from the serving record when it has
+        them (no model needed), else computed from the model."""
+        if self._model is None and self.serving is not None:
+            key = self.serving.graph_key(masks)
+            if key is not None:
+                return key
+        from pls_perception.engines.onnx_export import bn_digest
+        return content_digest([list(m) for m in masks], bn_digest(self.model, ratio))[:16]
 
     def _load_or_build(self, masks: Masks, ratio: Ratio) -> _Graph:
         """The graph of ``masks`` from the cache, verified; else (or if it fails) built."""
         key = self._graph_key(masks, ratio)
         index_path = self._graph_dir / f'{key}.json'
         with self._build_lock:
+            graph = None
             if index_path.exists():
                 try:
                     entry = self._read_entry(index_path, key, masks)
-                    return _Graph(masks, ratio, self._session(entry))
-                except _CorruptEntry as e:
-                    _warn_corrupt(e)
-            entry = self._build(masks, ratio, index_path)
-            return _Graph(masks, ratio, self._session(entry))
+                    graph = _Graph(masks, ratio, self._session(entry))
+                except CorruptEntry as e:
+                    warn_corrupt(e)
+            if graph is None:
+                entry = self._build(masks, ratio, index_path)
+                graph = _Graph(masks, ratio, self._session(entry))
+        if self.serving is not None:
+            self.serving.add(ratio, masks, key)
+        return graph
 
     def _read_entry(self, index_path: Path, key: str, masks: Masks) -> _Entry:
-        """The cache entry an index describes, index and graph verified (_CorruptEntry)."""
+        """The cache entry an index describes, index and graph verified (CorruptEntry)."""
         try:
-            index = json.loads(_read_capped(index_path, _MAX_INDEX_BYTES))
+            index = json.loads(read_capped(index_path, _MAX_INDEX_BYTES))
         except (ValueError, RecursionError) as e:
-            raise _CorruptEntry(index_path, f'not JSON ({e})') from e
-        if not isinstance(index, dict) or index.get('digest') != _digest(
+            raise CorruptEntry(index_path, f'not JSON ({e})') from e
+        if not isinstance(index, dict) or index.get('digest') != content_digest(
                 {k: v for k, v in index.items() if k != 'digest'}):
-            raise _CorruptEntry(index_path, 'its contents do not match its digest')
+            raise CorruptEntry(index_path, 'its contents do not match its digest')
         if index.get('key') != key or index.get('masks') != [list(m) for m in masks]:
-            raise _CorruptEntry(index_path, f'it describes another graph than {key}')
+            raise CorruptEntry(index_path, f'it describes another graph than {key}')
         graph_sha, names = index.get('graph_sha256'), index.get('initializers')
         if (not isinstance(graph_sha, str) or not _SHA256.fullmatch(graph_sha)
                 or not isinstance(names, list)
                 or not all(isinstance(n, str) and _WEIGHT_NAME.fullmatch(n) for n in names)
                 or len(set(names)) != len(names)):
-            raise _CorruptEntry(index_path, 'malformed graph digest or initializer names')
+            raise CorruptEntry(index_path, 'malformed graph digest or initializer names')
         graph_path = self._graph_dir / f'{graph_sha}.onnx'
-        data = _read_capped(graph_path, _MAX_GRAPH_BYTES)
+        data = read_capped(graph_path, _MAX_GRAPH_BYTES)
         if hashlib.sha256(data).hexdigest() != graph_sha:
-            raise _CorruptEntry(graph_path, 'its contents do not match its name')
+            raise CorruptEntry(graph_path, 'its contents do not match its name')
         try:
-            placeholders = onnx.load_model_from_string(data).graph.initializer
-        except DecodeError as e:
-            raise _CorruptEntry(graph_path, f'not an ONNX model ({e})') from e
+            placeholders = initializers(data)
+        except ValueError as e:
+            raise CorruptEntry(graph_path, f'not an ONNX model ({e})') from e
         lengths = {}
-        for tensor in placeholders:
-            external = {e.key: e.value for e in tensor.external_data}
+        for name, external in placeholders.items():
             length = external.get('length', '')
             if external.get('location') != _PLACEHOLDER or not length.isdigit():
-                raise _CorruptEntry(graph_path,
-                                    f'initializer {tensor.name[:80]!r} is not a placeholder')
-            lengths[tensor.name] = int(length)
+                raise CorruptEntry(graph_path, f'initializer {name[:80]!r} is not a placeholder')
+            lengths[name] = int(length)
         if set(lengths) != set(names):
-            raise _CorruptEntry(index_path, "its initializer names are not the graph's")
+            raise CorruptEntry(index_path, "its initializer names are not the graph's")
         return _Entry(graph_path, names, max(lengths.values(), default=0))
 
     def _export(self, ratio: Ratio) -> bytes:
-        """The kept blocks (with this ratio's BN statistics) as an ONNX model in memory.
-
-        The TorchScript exporter holds the GIL for up to ~1 s at a time, which would stall a
-        node's executor and inference threads; where the OS can fork, it runs in a child
-        process (which inherits the loaded model, so nothing is re-imported) while this thread
-        waits without the GIL.
-        """
-        pruned = physically_pruned_copy(self.model, ratio).eval().float().cpu()
-        if not hasattr(os, 'fork'):
-            return _export_bytes(pruned, self.input_size)
-        with tempfile.TemporaryDirectory(dir=self.cache_dir) as tmp:
-            out, error = Path(tmp) / 'exported.onnx', Path(tmp) / 'error.txt'
-            pid = os.fork()
-            if pid == 0:                      # child: export, write, leave at once
-                code = 1
-                try:
-                    torch.set_num_threads(1)
-                    out.write_bytes(_export_bytes(pruned, self.input_size))
-                    code = 0
-                except BaseException:  # noqa: BLE001 - reported to the parent through a file
-                    error.write_text(traceback.format_exc(limit=-3))
-                finally:
-                    os._exit(code)
-            deadline = time.monotonic() + EXPORT_TIMEOUT_S
-            while os.waitpid(pid, os.WNOHANG) == (0, 0):
-                if time.monotonic() > deadline:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    raise BackendError(f'exporting keep ratio {ratio!r} took over '
-                                       f'{EXPORT_TIMEOUT_S:g} s; gave up')
-                time.sleep(0.02)
-            if not out.is_file():
-                why = error.read_text() if error.is_file() else 'the export process died'
-                raise BackendError(f'exporting keep ratio {ratio!r} failed: {why.strip()}')
-            return out.read_bytes()
+        """The kept blocks (with this ratio's BN statistics) as an ONNX model in memory."""
+        from pls_perception.engines.onnx_export import export_ratio   # torch: only to build
+        return export_ratio(self.model, ratio, self.input_size, self.cache_dir)
 
     def _optimize(self, model_bytes: bytes) -> onnx.ModelProto:
         """ONNX Runtime's offline graph optimisation (BN folding, fusions, NCHWc on CPU)."""
+        import onnx     # building only: serving reads graphs without it (onnx_wire)
         options = ort.SessionOptions()
         options.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL if self._offline_level == 'all'
@@ -623,6 +609,7 @@ class OnnxRuntimeEngine(InferenceEngine):
     def _build(self, masks: Masks, ratio: Ratio, index_path: Path) -> _Entry:
         """Export + optimise one mask; move its tensors to the weight store; write the graph,
         then its index (last, so a reader never finds an index without its files)."""
+        from onnx import TensorProto, numpy_helper
         _LOG.info('building the %s ONNX graph for keep ratio %r', self.precision, ratio)
         model_bytes = self._export(ratio)
         if self.calibration is not None:
@@ -661,14 +648,14 @@ class OnnxRuntimeEngine(InferenceEngine):
         data = model.SerializeToString()
         graph_sha = hashlib.sha256(data).hexdigest()
         graph_path = self._graph_dir / f'{graph_sha}.onnx'
-        _write_atomic(graph_path, data)
+        write_atomic(graph_path, data)
         index = {'key': index_path.stem, 'ratio': ratio, 'masks': [list(m) for m in masks],
                  'policy': self.model.policy.name, 'input_size': self.input_size,
                  'precision': self.precision,
                  'bn_recalibrated': self.model.has_bn_state(ratio), 'graph_sha256': graph_sha,
                  'initializers': names}
-        index['digest'] = _digest(index)
-        _write_atomic(index_path, json.dumps(index).encode())
+        index['digest'] = content_digest(index)
+        write_atomic(index_path, json.dumps(index).encode())
         return _Entry(graph_path, names, largest)
 
     def _weight_path(self, name: str) -> Path:
@@ -691,12 +678,12 @@ class OnnxRuntimeEngine(InferenceEngine):
         if path.exists():
             try:
                 _read_tensor(path, name[2:])
-            except _CorruptEntry as e:
-                _warn_corrupt(e)             # removes it: written afresh below
+            except CorruptEntry as e:
+                warn_corrupt(e)             # removes it: written afresh below
         if not path.exists():
             buffer = io.BytesIO()
             np.save(buffer, array, allow_pickle=False)
-            _write_atomic(path, buffer.getvalue())
+            write_atomic(path, buffer.getvalue())
         value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
         with self._lock:
             self._weights.setdefault(name, value)
@@ -709,7 +696,7 @@ class OnnxRuntimeEngine(InferenceEngine):
                 f.truncate(size_bytes)
 
     def _shared_weight(self, name: str) -> ort.OrtValue:
-        """The one OrtValue of tensor ``name``, read and verified on first use (_CorruptEntry)."""
+        """The one OrtValue of tensor ``name``, read and verified on first use (CorruptEntry)."""
         with self._lock:
             value = self._weights.get(name)
         if value is None:
@@ -737,8 +724,8 @@ class OnnxRuntimeEngine(InferenceEngine):
         return session
 
 
-def _warn_corrupt(error: _CorruptEntry) -> None:
+def warn_corrupt(error: CorruptEntry, what: str = 'ONNX cache file') -> None:
     """One warning per bad cache file; the file goes, so the rebuild writes it afresh."""
-    _LOG.warning('ONNX cache file %s failed verification (%s); removing it and rebuilding',
+    _LOG.warning('%s %s failed verification (%s); removing it and rebuilding', what,
                  error.path, error.reason)
     error.path.unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""Reading the package's small text inputs (skip plans, profiles, accuracy tables) safely.
+"""Reading the package's file inputs safely: small text files (skip plans, profiles, accuracy
+tables) and the SHA-256 that names a large one (weights, datasets) in caches and records.
 
 Every such file is a few kilobytes. Reading it whole is only safe with a cap (a wrong path can
 name a multi-gigabyte file or a device that never ends), and YAML/JSON parsers raise more than
@@ -8,6 +9,7 @@ that names the file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,15 @@ def load_yaml(path: str | Path, what: str, error: type[PlsError]) -> Any:
         raise error(f'{what} {str(path)!r} expands to more than {MAX_YAML_VALUES} values '
                     f'(YAML aliases): not a {what}')
     return doc
+
+
+def sha256_of(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks (weights files are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_json(path: str | Path, what: str, error: type[PlsError]) -> Any:

@@ -40,19 +40,18 @@ from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64, String
 
-from pls_perception.engines import build_worker, import_backend
+from pls_perception.engines import build_worker
 from pls_perception.errors import BackendError, ImageFormatError, PlsError, WeightsError
 from pls_perception.io.image_conversion import compressed_to_rgb, image_to_rgb
 from pls_perception.nodes.parameters import descriptor
 from pls_perception.nodes.spin import spin_node
 from pls_perception.nodes.threaded_transitions import ThreadedTransitions
 from pls_perception.nodes.typed_output import FRAME_INFO_TOPIC, TypedOutput, frame_info_json
-from pls_perception.pipeline.build import ModelLoader, build_pipeline
+from pls_perception.pipeline.build import ModelLoader, build_pipeline, import_for_configure
 from pls_perception.pipeline.frame_pipeline import (FrameCounters, FramePipeline, FrameWindow,
                                                     Setpoint)
 from pls_perception.pipeline.frame_slot import NewestFrameSlot
 from pls_perception.pipeline.parameters import PARAMETERS, RUNTIME_PARAMETERS, validate_parameter
-from pls_perception.skipping.weights import load_model
 
 NODE_NAME = 'pls_perception_node'
 RECONFIGURE_REASON = 'reconfigure: deactivate+cleanup then configure'
@@ -84,7 +83,7 @@ def _log_bugs(callback: Transition) -> Transition:
 class PerceptionNode(LifecycleNode):
     """Managed node ``pls_perception_node``: see the module docstring and the README."""
 
-    def __init__(self, node_name: str = NODE_NAME, *, model_loader: ModelLoader = load_model,
+    def __init__(self, node_name: str = NODE_NAME, *, model_loader: ModelLoader | None = None,
                  **kwargs: Any) -> None:
         self._model_loader = model_loader
         self._pipeline: Optional[FramePipeline] = None
@@ -108,7 +107,7 @@ class PerceptionNode(LifecycleNode):
         self.transitions = ThreadedTransitions(self)
         self._declare_parameters()
         if validate_parameter('engine', self._param('engine')) is None:
-            import_backend(self._param('engine'), self._param('device'))  # bad ones: configure
+            import_for_configure(self._parameter_values())   # bad values: configure says
         self._requested = Setpoint(self.get_parameter('keep_ratio').value,
                                    self.get_parameter('frequency_mhz').value)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -213,7 +212,7 @@ class PerceptionNode(LifecycleNode):
         self._create_entities()
         applied = pipeline.applied
         self.get_logger().info(
-            f'configured: {pipeline.loaded.source} on {pipeline.engine.name} engine, '
+            f'configured: {pipeline.info["weights"]} on {pipeline.engine.name} engine, '
             f'keep_ratio {applied.keep_ratio:g}, DVFS {pipeline.backend.describe()}')
         return TransitionCallbackReturn.SUCCESS
 
@@ -316,7 +315,7 @@ class PerceptionNode(LifecycleNode):
     def _to_rgb(self, msg: Image | CompressedImage) -> np.ndarray:
         """The frame reduced as it is converted to what the network needs (bounded cost)."""
         limit = self._param('max_image_pixels')
-        reduction = self._pipeline.loaded.preprocessing.reduction   # caller holds the lock
+        reduction = self._pipeline.preprocessing.reduction   # caller holds the lock
         if isinstance(msg, CompressedImage):
             return compressed_to_rgb(msg.format, msg.data, max_pixels=limit, reduction=reduction)
         return image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian,

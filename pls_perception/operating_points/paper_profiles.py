@@ -30,7 +30,7 @@ from pls_perception.operating_points.power_model import TwoZonePowerModel, fit_t
 from pls_perception.operating_points.profiles import (SCALING_RULE, OperatingPointProfile,
                                                       save_profile)
 from pls_perception.paths import config_dir
-from pls_perception.skipping.network import PROFILE_RATIOS, RESNET152_DEPTHS, blocks_kept
+from pls_perception.skipping.ratios import PROFILE_RATIOS, RESNET152_DEPTHS, blocks_kept
 
 # The paper's reported figures (inputs, not our measurements).
 GPU_REF_MHZ, GPU_LOW_MHZ = 612.0, 306.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import sys
 import threading
 import time
 from collections import deque
@@ -22,7 +23,7 @@ import numpy as np
 from pls_perception.dvfs import DvfsBackend, FailoverBackend
 from pls_perception.dvfs.energy import EnergyMeter
 from pls_perception.engines import InferenceEngine
-from pls_perception.skipping.weights import LoadedModel
+from pls_perception.skipping.preprocessing import Preprocessing
 
 
 @dataclass(frozen=True)
@@ -103,17 +104,17 @@ class FrameWindow:
 
 
 class FramePipeline:
-    """Everything a configured node owns and frees at cleanup: model, engine, DVFS backend.
+    """Everything a configured node owns and frees at cleanup: engine (and model), DVFS backend.
 
     ROS-free: ``classify`` takes an RGB array. ``apply`` moves the network and the processor
     to a setpoint; call it between frames (the node does, from the inference thread).
     """
 
-    def __init__(self, loaded: LoadedModel, engine: InferenceEngine, backend: DvfsBackend,
-                 class_names: Sequence[str], top_k: int,
+    def __init__(self, preprocessing: Preprocessing, engine: InferenceEngine,
+                 backend: DvfsBackend, class_names: Sequence[str], top_k: int,
                  meter: EnergyMeter | None = None, info: Mapping[str, Any] | None = None,
                  ) -> None:
-        self.loaded = loaded
+        self.preprocessing = preprocessing
         self.engine = engine
         self.backend = backend
         self.meter = meter
@@ -140,9 +141,9 @@ class FramePipeline:
 
     def warm_up(self, frames: int) -> None:
         """Run ``frames`` dummy inferences so the first real frame is not an outlier."""
-        height, width = self.loaded.preprocessing.input_size
+        height, width = self.preprocessing.input_size
         black = np.zeros((height, width, 3), dtype=np.uint8)
-        batch = self.loaded.preprocessing.to_tensor(black).numpy()
+        batch = self.preprocessing.to_array(black)
         for _ in range(frames):
             self.engine.infer(batch)
 
@@ -154,7 +155,7 @@ class FramePipeline:
         (a new operating point) cuts the emulated slow-down short.
         """
         t0 = time.perf_counter()
-        batch = self.loaded.preprocessing.to_tensor(rgb).numpy()
+        batch = self.preprocessing.to_array(rgb)
         window = (self.meter.window('frame') if self.meter is not None
                   else contextlib.nullcontext([]))
         with window as readings:
@@ -195,6 +196,8 @@ class FramePipeline:
             'engine': engine.name,
             'skip_policy': self.info.get('skip_policy', ''),
             'energy_source': self.meter.source if self.meter else 'none',
+            # a warm onnxruntime start serves cached graphs without it (serving_record.py)
+            'pytorch': 'imported' if 'torch' in sys.modules else 'not imported',
         })
         status = engine.status()
         pending = status.get('pending_ratios', [])

@@ -15,7 +15,7 @@ from pls_perception.engines import ENGINE_NAMES
 from pls_perception.engines.int8_quantization import (DEFAULT_CALIBRATION_IMAGES,
                                                       MIN_CALIBRATION_IMAGES, PRECISIONS)
 from pls_perception.io.image_conversion import DEFAULT_MAX_PIXELS
-from pls_perception.skipping.network import PROFILE_RATIOS
+from pls_perception.skipping.ratios import PROFILE_RATIOS
 
 IMAGE_TRANSPORTS = ('raw', 'compressed')
 DVFS_EMULATIONS = ('stretch', 'profile')

@@ -16,87 +16,23 @@ Optionally the model holds one set of BatchNorm running statistics per skip mask
 from __future__ import annotations
 
 import copy
-import math
 import threading
-from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from numbers import Real
-from typing import Union
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-RESNET152_DEPTHS = (3, 8, 36, 3)
-# The keep ratios the shipped profiles (and the node's prebuilt graphs) cover.
-PROFILE_RATIOS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
-STAGE_NAMES = ('layer1', 'layer2', 'layer3', 'layer4')
-# A keep ratio: one value for every stage, or one value per stage.
-Ratio = Union[float, tuple[float, ...]]
-# Per stage, per block: True = the block runs.
-Masks = tuple[tuple[bool, ...], ...]
+from pls_perception.skipping.ratios import (STAGE_NAMES, Masks, ProportionalPolicy, Ratio,
+                                            SkipPolicy, normalize_ratio)
+
 # Running statistics of one BatchNorm layer: (running_mean, running_var).
 BnStats = tuple[torch.Tensor, torch.Tensor]
-# Rounding guard so that e.g. 0.7 * 10 = 7.000000000000001 keeps 7 blocks, not 8.
-_RATIO_DIGITS = 9
 # Snapshots remembered per ratio so that a switch is a dictionary look-up.
 _CONFIG_CACHE_SIZE = 256
-
-
-def _check_ratio_value(ratio: object) -> float:
-    if isinstance(ratio, bool) or not isinstance(ratio, Real):
-        raise ValueError(f'keep ratio must be a number in (0, 1], got {ratio!r}')
-    value = float(ratio)
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f'keep ratio must be in (0, 1], got {ratio!r}')
-    return value
-
-
-def normalize_ratio(ratio: object, n_stages: int) -> Ratio:
-    """Validate a global ratio (float) or a per-stage tuple; return float or tuple of floats."""
-    if isinstance(ratio, (tuple, list)):
-        if len(ratio) != n_stages:
-            raise ValueError(
-                f'per-stage keep ratios need one value per stage ({n_stages}), got {ratio!r}')
-        return tuple(_check_ratio_value(r) for r in ratio)
-    return _check_ratio_value(ratio)
-
-
-def blocks_kept(n_blocks: int, ratio: float) -> int:
-    """Number of blocks a stage of ``n_blocks`` keeps at ``ratio``: ceil(r*n) clamped to [1, n]."""
-    if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 1:
-        raise ValueError(f'a stage needs at least one block, got n_blocks={n_blocks!r}')
-    value = _check_ratio_value(ratio)
-    return min(n_blocks, max(1, math.ceil(round(value * n_blocks, _RATIO_DIGITS))))
-
-
-class SkipPolicy(ABC):
-    """Decides which blocks run for a keep ratio. Block 0 of every stage must run."""
-
-    name: str = ''
-
-    @abstractmethod
-    def masks(self, ratio: Ratio, depths: tuple[int, ...]) -> Masks:
-        """Per stage, per block: True = run the block. Raises ValueError for a bad ratio."""
-
-
-class ProportionalPolicy(SkipPolicy):
-    """The paper's rule: keep the first ceil(r*n) blocks of each stage (global or per-stage r)."""
-
-    name = 'proportional'
-
-    def masks(self, ratio: Ratio, depths: tuple[int, ...]) -> Masks:
-        ratios = normalize_ratio(ratio, len(depths))
-        if isinstance(ratios, float):
-            ratios = (ratios,) * len(depths)
-        return tuple(
-            tuple(i < blocks_kept(n, r) for i in range(n)) for n, r in zip(depths, ratios))
-
-    def __repr__(self) -> str:
-        return 'ProportionalPolicy()'
 
 
 def _check_masks(masks: Masks, depths: tuple[int, ...], policy: SkipPolicy) -> Masks:

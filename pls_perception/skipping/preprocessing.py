@@ -1,8 +1,13 @@
-"""Image preprocessing that follows the weights: uint8 RGB images -> normalised float tensors.
+"""Image preprocessing that follows the weights: uint8 RGB images -> normalised float arrays.
 
 CIFAR-10 models (the shared reference weights) take 32x32 images scaled to [0, 1] and normalised
 with the CIFAR-10 mean/std, no resizing. ImageNet models take torchvision's transforms for their
 weights (ResNet152_Weights.IMAGENET1K_V2: resize the shorter side to 232, centre-crop 224).
+
+numpy only: the torch-free serving path (the ONNX Runtime engines) preprocesses with `to_array`
+and must not import torch or torchvision. The resize reproduces torchvision's antialiased bilinear
+resize of float tensors (torch's ``_upsample_bilinear2d_aa``, Pillow's algorithm) and its centre
+crop as two matrix products; `to_tensor` wraps the same array for torch callers.
 
 Cost bounded by the network input, not by the frame: before any float conversion a large frame
 is box-filtered in integers (`image_conversion.box_sum`, straight from a view of the message
@@ -18,13 +23,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torchvision
-from torchvision.transforms import InterpolationMode, functional as TF
 
 from pls_perception.io.image_conversion import box_sum
+
+if TYPE_CHECKING:
+    import torch
+    from torchvision.models import WeightsEnum
 
 # A frame is box-filtered to no less than this many times the resize's output per axis, so the
 # antialiased resize still does the final (smooth) filtering.
@@ -65,7 +72,7 @@ class Preprocessing:
 
     def reduction(self, height: int, width: int) -> tuple[int, int]:
         """Box-filter factors (rows, columns) a (height, width) frame may be reduced by before
-        `to_tensor`: the reduced frame stays at least 3 times what the resize makes of it."""
+        `to_array`: the reduced frame stays at least 3 times what the resize makes of it."""
         out_h, out_w = self.resized_size(height, width)
         return (max(1, height // (_BOX_MARGIN * out_h)),
                 max(1, width // (_BOX_MARGIN * out_w)))
@@ -91,13 +98,12 @@ class Preprocessing:
         array = array[:, rows, cols]
         fy, fx = self.reduction(*array.shape[1:3])
         if (fy, fx) == (1, 1):
-            # numpy makes the float copy: camera frames arrive as read-only views of the message
-            # buffer, which torch.from_numpy would wrap (with a warning) rather than copy.
             return np.asarray(array, dtype=np.float32)
         return (box_sum(array, fy, fx) / (fy * fx)).astype(np.float32)
 
-    def to_tensor(self, images: np.ndarray) -> torch.Tensor:
-        """HxWx3 or NxHxWx3 uint8 RGB -> Nx3xHxW float32, resized if needed, normalised.
+    def to_array(self, images: np.ndarray) -> np.ndarray:
+        """HxWx3 or NxHxWx3 uint8 RGB -> Nx3xHxW float32 (C-contiguous), resized if needed,
+        normalised: torchvision's result, without torch.
 
         Memory and time are bounded by the network input, not by the frame (module docstring).
         """
@@ -108,20 +114,82 @@ class Preprocessing:
             raise ValueError(
                 f'images must be HxWx3 or NxHxWx3 uint8 RGB, got shape {array.shape} '
                 f'dtype {array.dtype}')
-        x = torch.from_numpy(self._bounded(array)).permute(0, 3, 1, 2).div_(255.0)
-        if tuple(x.shape[-2:]) != tuple(self.input_size):
-            if self.resize_size is not None:
-                x = TF.resize(x, [self.resize_size], InterpolationMode.BILINEAR, antialias=True)
-                x = TF.center_crop(x, list(self.input_size))
-            else:
-                x = TF.resize(x, list(self.input_size), InterpolationMode.BILINEAR,
-                              antialias=True)
-        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1)
-        return x.sub_(mean).div_(std).contiguous()
+        x = self._bounded(array)
+        n, height, width = x.shape[:3]
+        if (height, width) == tuple(self.input_size):
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        else:
+            rows, cols = (_crop_weights(size, resized, crop) for size, resized, crop in
+                          zip((height, width), self.resized_size(height, width), self.input_size))
+            r0, r1 = _nonzero_span(rows)
+            c0, c1 = _nonzero_span(cols)
+            # Rows first, on the frame as it is (channels last, not copied), then columns; only
+            # the pixels with a weight (those that reach the crop) are read.
+            x = x[:, r0:r1].reshape(n, r1 - r0, 3 * width)[..., 3 * c0:3 * c1]
+            x = (rows[:, r0:r1] @ x).reshape(n, len(rows), c1 - c0, 3)
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+            x = x @ np.ascontiguousarray(cols[:, c0:c1].T)
+        # torchvision's order (to [0, 1], then normalise) keeps unresized frames bit-identical
+        # to it; resizing before the division saves a pass over the frame (last float bit only).
+        x /= np.float32(255)
+        x -= np.asarray(self.mean, np.float32).reshape(3, 1, 1)
+        x /= np.asarray(self.std, np.float32).reshape(3, 1, 1)
+        return x
+
+    def to_tensor(self, images: np.ndarray) -> torch.Tensor:
+        """`to_array` as a torch tensor, for torch callers (torch is imported here only, so the
+        module stays torch-free)."""
+        import torch
+        return torch.from_numpy(self.to_array(images))
 
 
-def from_torchvision(weights: torchvision.models.WeightsEnum) -> Preprocessing:
+def _crop_weights(size: int, resized: int, crop: int) -> np.ndarray:
+    """crop x size float32 weights: the resize of one axis to ``resized``, then torchvision's
+    centre crop to ``crop`` (rows cut, or zero rows for its zero padding when crop > resized)."""
+    weights = _resize_weights(size, resized)
+    if crop > resized:
+        before = (crop - resized) // 2
+        weights = np.pad(weights, ((before, crop - resized - before), (0, 0)))
+    else:
+        top = int(round((resized - crop) / 2.0))
+        weights = weights[top:top + crop]
+    return weights
+
+
+def _resize_weights(in_size: int, out_size: int) -> np.ndarray:
+    """out_size x in_size float32 weights of torch's antialiased bilinear resize of float32
+    tensors (``_upsample_bilinear2d_aa``, Pillow's algorithm; align_corners=False).
+
+    Computed with torch's float32 and float64 roundings, step by step: its float32 pixel centres
+    are off by up to half an ulp of the input size, which moves upscaled results by ~1e-4.
+    """
+    f32, f64 = np.float32, np.float64
+    scale = f32(in_size) / f32(out_size)
+    support, invscale = (scale, f32(1 / f64(scale))) if scale >= 1 else (f32(1), f32(1))
+    center = (f64(scale) * (np.arange(out_size) + 0.5)).astype(f32)[:, None]
+    xmin = np.maximum(((center - support).astype(f64) + 0.5).astype(np.int64), 0)
+    xmax = np.minimum(((center + support).astype(f64) + 0.5).astype(np.int64), in_size)
+    # torch caps the taps at this count (a rounding can make the window one wider).
+    taps = xmin + np.arange(2 * math.ceil(support) + 1)
+    distance = ((taps.astype(f32) - center).astype(f64) + 0.5) * f64(invscale)
+    tap_weights = np.maximum(f32(0), f32(1) - np.abs(distance.astype(f32)))
+    tap_weights[taps >= xmax] = 0
+    total = tap_weights[:, 0].copy()
+    for column in tap_weights.T[1:]:        # torch's summation order
+        total += column
+    tap_weights /= total[:, None]
+    weights = np.zeros((out_size, in_size + taps.shape[1]), f32)
+    np.put_along_axis(weights, taps, tap_weights, axis=1)
+    return weights[:, :in_size]
+
+
+def _nonzero_span(weights: np.ndarray) -> tuple[int, int]:
+    """The first and past-the-last columns with a non-zero weight."""
+    used = np.flatnonzero(weights.any(axis=0))
+    return int(used[0]), int(used[-1]) + 1
+
+
+def from_torchvision(weights: WeightsEnum) -> Preprocessing:
     """The preprocessing of torchvision classification weights (their ``transforms()``)."""
     transforms = weights.transforms()
     crop = int(transforms.crop_size[0])
@@ -132,4 +200,7 @@ def from_torchvision(weights: torchvision.models.WeightsEnum) -> Preprocessing:
 # Values from ../shared/models/README.md (the reference weights were trained with them).
 CIFAR10_PREPROCESSING = Preprocessing(mean=(0.4914, 0.4822, 0.4465),
                                       std=(0.2470, 0.2435, 0.2616), input_size=(32, 32))
-IMAGENET_PREPROCESSING = from_torchvision(torchvision.models.ResNet152_Weights.DEFAULT)
+# from_torchvision(torchvision.models.ResNet152_Weights.DEFAULT), written out so that importing
+# this module does not import torchvision (test_preprocessing checks they agree).
+IMAGENET_PREPROCESSING = Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                                       input_size=(224, 224), resize_size=232)

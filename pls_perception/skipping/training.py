@@ -60,8 +60,9 @@ from pls_perception.errors import PlsError
 from pls_perception.io.datasets import load_cifar10
 from pls_perception.skipping.bn_recalibration import recalibrate, save_bn_states
 from pls_perception.skipping.evaluation import evaluate
-from pls_perception.skipping.network import PROFILE_RATIOS, SkippableResNet, normalize_ratio
+from pls_perception.skipping.network import SkippableResNet
 from pls_perception.skipping.preprocessing import Preprocessing
+from pls_perception.skipping.ratios import PROFILE_RATIOS, normalize_ratio
 
 TRAIN_SPLIT = 'train'
 BN_MODES = ('frozen', 'batch')

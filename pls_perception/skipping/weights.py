@@ -9,7 +9,6 @@ Preprocessing and class names follow the weights.
 """
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch import nn
 
 from pls_perception import paths
 from pls_perception.errors import WeightsError, clip
+from pls_perception.io.file_inputs import sha256_of
 from pls_perception.io.datasets import CIFAR10_CLASSES
 from pls_perception.skipping.network import SkippableResNet
 from pls_perception.skipping.preprocessing import (CIFAR10_PREPROCESSING, IMAGENET_PREPROCESSING,
@@ -72,14 +72,6 @@ def _conventions(num_classes: int) -> tuple[Preprocessing, tuple[str, ...]]:
     if num_classes == len(CIFAR10_CLASSES):
         return CIFAR10_PREPROCESSING, CIFAR10_CLASSES
     return CIFAR10_PREPROCESSING, tuple(f'class_{i}' for i in range(num_classes))
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _state_dict_from(obj: object, path: Path) -> dict[str, torch.Tensor]:

@@ -54,6 +54,11 @@ def rss_mb(pid: int) -> float:
     raise ValueError(f'no VmRSS in /proc/{pid}/status, got pid={pid!r}')
 
 
+def torch_loaded(pid: int) -> bool:
+    """Whether process ``pid`` has imported PyTorch (its library is mapped; Linux /proc)."""
+    return 'libtorch_cpu' in Path(f'/proc/{pid}/maps').read_text()
+
+
 class NodeProcess:
     """One node executable in its own process, given parameters the way launch gives them.
 

@@ -28,7 +28,7 @@ from pls_perception.skipping.bn_recalibration import (calibration_images, recali
 from pls_perception.skipping.complexity import count_parameters
 from pls_perception.skipping.evaluation import (PAPER_FULL_ACCURACY, PAPER_TABLE1_PARAMS_M,
                                                 RatioResult, evaluate, measure_latency_ms)
-from pls_perception.skipping.network import Ratio, normalize_ratio
+from pls_perception.skipping.ratios import Ratio, normalize_ratio
 from pls_perception.skipping.weights import LoadedModel, load_model
 
 DEFAULT_RATIOS = '1.0,0.9,0.8,0.7,0.5,0.3,0.1'

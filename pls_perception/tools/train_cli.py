@@ -23,13 +23,14 @@ import torch
 from pls_perception import paths
 from pls_perception.errors import PlsError
 from pls_perception.io.datasets import CIFAR10_CLASSES
+from pls_perception.io.file_inputs import sha256_of
 from pls_perception.skipping.bn_recalibration import load_bn_states
 from pls_perception.skipping.evaluation import evaluate
-from pls_perception.skipping.network import PROFILE_RATIOS
+from pls_perception.skipping.ratios import PROFILE_RATIOS
 from pls_perception.skipping.training import (BN_MODES, CHECKPOINT_NAME, CURVE_CSV, CURVE_JSON,
                                               TRAIN_SPLIT, TrainConfig, Trainer, export_weights,
                                               load_train_data)
-from pls_perception.skipping.weights import load_model, sha256_of
+from pls_perception.skipping.weights import load_model
 
 SUMMARY_NAME = 'train_summary.json'
 CURVE_PNG = 'learning_curve.png'

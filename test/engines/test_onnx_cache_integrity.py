@@ -116,7 +116,7 @@ def _rewrite_index(path: Path, edit: Callable[[dict], None]) -> None:
     index = json.loads(path.read_text())
     edit(index)
     index.pop('digest')
-    index['digest'] = ort_engine._digest(index)
+    index['digest'] = ort_engine.content_digest(index)
     path.write_text(json.dumps(index))
 
 

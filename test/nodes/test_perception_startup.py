@@ -18,7 +18,7 @@ from lifecycle_msgs.msg import Transition
 
 from pls_perception import paths
 from pls_perception.testing.graph_probe import (PERCEPTION_MODULE, NodeProcess, PipelineProbe,
-                                                probe_session)
+                                                probe_session, torch_loaded)
 
 # A configure that held the executor would hold answers for the whole load and export (10 s or
 # more). The 0.5 s target is a benchmark's (bench/bench_startup.py: slowest answer < 0.1 s idle);
@@ -116,3 +116,40 @@ def test_autostart_answers_from_the_first_moment_and_classifies(probe: PipelineP
         assert classification['keep_ratio'] == 1.0
     finally:
         assert node.stop(30.0) == 0, node.tail(30)
+
+
+def test_a_warm_start_serves_cached_graphs_without_torch(probe: PipelineProbe,
+                                                         tmp_path: Path) -> None:
+    """A second start on the same cache loads no PyTorch until a graph must be built."""
+    params = _parameters(tmp_path / 'cache', autostart=True, prebuild_ratios=[1.0])
+    frame = np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)
+    labels = []
+    for start in ('cold', 'warm'):
+        node = NodeProcess(PERCEPTION_MODULE, params, log_dir=tmp_path, name=start)
+        try:
+            probe.wait_until_answering(120.0)
+            deadline = time.monotonic() + 300.0
+            while probe.lifecycle_state() != 'active' and time.monotonic() < deadline:
+                time.sleep(0.1)
+            _, classification = probe.round_trip(frame, timeout_s=60.0)
+            labels.append(classification['label'])
+            assert torch_loaded(node.pid) == (start == 'cold'), node.tail(30)
+            if start == 'warm':
+                _wait_pytorch_diagnostic(probe, 'not imported')
+                # keep ratio 0.5 has no cached graph: building it loads the model, in torch
+                assert probe.set_parameters({'keep_ratio': 0.5}) == [(True, '')]
+                probe.wait_for_graphs(300.0)
+                _, classification = probe.round_trip(frame, timeout_s=60.0)
+                assert classification['keep_ratio'] == 0.5
+                assert torch_loaded(node.pid), node.tail(30)
+                _wait_pytorch_diagnostic(probe, 'imported')
+        finally:
+            assert node.stop(30.0) == 0, node.tail(30)
+    assert labels[0] == labels[1]
+
+
+def _wait_pytorch_diagnostic(probe: PipelineProbe, value: str) -> None:
+    start = len(probe.diagnostics)
+    found = probe.diagnostics.wait_for(
+        lambda r: probe.node_status(r).get('pytorch') == value, 10.0, start)
+    assert found is not None, f'/diagnostics never said pytorch: {value}'

@@ -85,8 +85,8 @@ def _offline_top_k(images: np.ndarray) -> list[tuple[tuple[int, str, float], ...
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     loaded = load_model(str(paths.reference_weights()))
-    pipeline = FramePipeline(loaded, make_engine('torch', loaded), get_backend('simulated'),
-                             loaded.class_names, TOP_K)
+    pipeline = FramePipeline(loaded.preprocessing, make_engine('torch', loaded),
+                             get_backend('simulated'), loaded.class_names, TOP_K)
     try:
         pipeline.apply(Setpoint(KEEP_RATIO, 0.0))
         return [pipeline.classify(image).top_k for image in images]

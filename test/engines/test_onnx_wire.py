@@ -1,0 +1,66 @@
+"""onnx_wire reads a model's initializers as onnx does, and refuses what is not a model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from pls_perception.engines.onnx_wire import initializers
+from pls_perception.engines.onnxruntime_engine import OnnxRuntimeEngine
+from pls_perception.skipping.network import SkippableResNet
+
+
+def _as_onnx_reads_it(model: onnx.ModelProto) -> dict[str, dict[str, str]]:
+    return {t.name: {e.key: e.value for e in t.external_data} for t in model.graph.initializer}
+
+
+def _model() -> onnx.ModelProto:
+    inline = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), 'inline')
+    external = TensorProto(name='w_ext', data_type=TensorProto.FLOAT, dims=[2, 3],
+                           data_location=TensorProto.EXTERNAL)
+    for key, value in (('location', 'placeholder.bin'), ('offset', '0'), ('length', '24')):
+        entry = external.external_data.add()
+        entry.key, entry.value = key, value
+    node = helper.make_node('Add', ['x', 'inline'], ['y'], name='add_é')   # non-ASCII too
+    graph = helper.make_graph(
+        [node], 'g', [helper.make_tensor_value_info('x', TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info('y', TensorProto.FLOAT, [2, 3])], [inline, external])
+    return helper.make_model(graph, doc_string='x' * 300)   # a long field before the graph
+
+
+def test_reads_the_initializers_onnx_reads() -> None:
+    model = _model()
+    found = initializers(model.SerializeToString())
+    assert found == _as_onnx_reads_it(model)
+    assert found['w_ext'] == {'location': 'placeholder.bin', 'offset': '0', 'length': '24'}
+    assert found['inline'] == {}
+
+
+def test_reads_a_cached_graph_as_onnx_does(small_model: SkippableResNet, tmp_path: Path) -> None:
+    with OnnxRuntimeEngine(small_model, 'wire', cache_dir=tmp_path, intra_op_threads=1):
+        pass
+    graphs = list(tmp_path.glob('*/graphs/*.onnx'))
+    index = json.loads(next(tmp_path.glob('*/graphs/*.json')).read_text())
+    assert len(graphs) == 1
+    data = graphs[0].read_bytes()
+    found = initializers(data)
+    assert found == _as_onnx_reads_it(onnx.load_model_from_string(data))
+    assert sorted(found) == sorted(index['initializers'])
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'random', 'empty', 'two graphs', 'bad varint',
+                                    'group wire type'])
+def test_refuses_what_is_not_a_model(damage: str) -> None:
+    data = _model().SerializeToString()
+    bad = {'truncated': data[:len(data) // 2],
+           'random': np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes(),
+           'empty': b'',
+           'two graphs': data + data,
+           'bad varint': b'\x3a' + b'\xff' * 11,
+           'group wire type': b'\x3b'}[damage]
+    with pytest.raises(ValueError):
+        initializers(bad)
