@@ -56,11 +56,11 @@ class ServedModel:
     def from_json(cls, data: dict[str, Any]) -> ServedModel:
         """ValueError/TypeError/KeyError for anything that is not a record's model entry."""
         prep = data['preprocessing']
-        return cls(str(data['weights_sha256']), Preprocessing(mean=tuple(map(float, prep['mean'])),
-                                 std=tuple(map(float, prep['std'])),
-                                 input_size=tuple(map(int, prep['input_size'])),
-                                 resize_size=None if prep['resize_size'] is None
-                                 else int(prep['resize_size'])),
+        preprocessing = Preprocessing(
+            mean=tuple(map(float, prep['mean'])), std=tuple(map(float, prep['std'])),
+            input_size=tuple(map(int, prep['input_size'])),
+            resize_size=None if prep['resize_size'] is None else int(prep['resize_size']))
+        return cls(str(data['weights_sha256']), preprocessing,
                    tuple(str(n) for n in data['class_names']),
                    tuple(int(d) for d in data['depths']), str(data['policy']))
 
@@ -135,7 +135,7 @@ class ServingRecord:
                 return
             self._graphs[key] = entry
             # Another process may have added ratios meanwhile: keep them.
-            on_disk = ServingRecord.load(self.path) if self.path.exists() else None
+            on_disk = ServingRecord.load(self.path)
             if on_disk is not None and on_disk.model == self.model:
                 self._graphs = {**on_disk._graphs, **self._graphs}
             body = {'key': self.path.stem, 'model': self.model.to_json(),

@@ -9,6 +9,7 @@ that names the file.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -59,7 +60,15 @@ def load_yaml(path: str | Path, what: str, error: type[PlsError]) -> Any:
 
 
 def sha256_of(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB chunks (weights files are hundreds of MB)."""
+    """SHA-256 of a file's bytes, remembered while its size, mtime and inode stay the same
+    (weights files are hundreds of MB, and a node start names them more than once)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _sha256_of_version(path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of_version(path: Path, size: int, mtime_ns: int, inode: int) -> str:
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
         while chunk := f.read(1 << 20):

@@ -23,8 +23,8 @@ from pls_perception.dvfs.energy import EnergyMeter, profile_power_fn
 from pls_perception.dvfs.simulated import profile_latency_model
 from pls_perception.engines import (InferenceEngine, import_backend, make_engine,
                                     resolve_engine_name)
-from pls_perception.errors import PlsError
 from pls_perception.engines.int8_quantization import CalibrationSet
+from pls_perception.errors import PlsError
 from pls_perception.io.file_inputs import sha256_of
 from pls_perception.operating_points.profiles import default_profile_path, load_profile
 from pls_perception.pipeline.frame_pipeline import FramePipeline, Setpoint
@@ -154,11 +154,11 @@ def _record_name(params: Mapping[str, Any], weights: str) -> str | None:
     policy, bn = params['skip_policy'], params['bn_recalibration']
     try:
         return record_key(
-            weights=_file_sha256(Path(weights).expanduser()), num_classes=params['num_classes'],
+            weights=sha256_of(Path(weights).expanduser()), num_classes=params['num_classes'],
             input_size=list(params['input_size']),
             skip_policy=policy if policy == 'proportional' else [Path(policy).name,
-                                                                 _file_sha256(Path(policy))],
-            bn_recalibration=_file_sha256(Path(bn)) if bn else '')
+                                                                 sha256_of(policy)],
+            bn_recalibration=sha256_of(bn) if bn else '')
     except OSError:
         return None
 
@@ -172,18 +172,6 @@ def _record_path(params: Mapping[str, Any], weights: str) -> Path | None:
         return None
     cache = params['onnx_cache_dir']
     return ServingRecord.path_for(Path(cache) if cache else default_cache_dir(), name)
-
-
-def _file_sha256(path: Path) -> str:
-    """sha256_of, remembered while the file's size, mtime and inode stay (the node hashes the
-    weights before it answers services, then again when it configures)."""
-    stat = path.stat()
-    return _sha256_of_version(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256_of_version(path: str, size: int, mtime_ns: int, inode: int) -> str:
-    return sha256_of(path)
 
 
 def _find_serving(params: Mapping[str, Any], weights: str, load: Callable[[], LoadedModel],
