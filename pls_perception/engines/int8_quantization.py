@@ -9,11 +9,20 @@ images), full range gave 75.1 % top-1 against 79.5 % in fp32 (86 % same predicti
 A `CalibrationSet` is what the graphs are calibrated on, and its ``key`` goes into the graph
 cache key, so graphs calibrated on other images are never reused. The images are read only when
 a graph is quantized: a warm start only hashes their source.
+
+`quantize_in_subprocess` runs `quantize` in a child Python: ONNX Runtime's quantizer holds the
+GIL for over a second at a time (graph rewriting in Python), which stalled a node's executor
+(``get_state`` answered after 1.4 s during an int8 cold start, bench/bench_startup.py).
 """
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pls_perception import paths
-from pls_perception.errors import DatasetError
+from pls_perception.errors import BackendError, DatasetError
 from pls_perception.io.file_inputs import sha256_of
 
 if TYPE_CHECKING:
@@ -32,6 +41,8 @@ PRECISIONS = ('fp32', 'int8')
 MIN_CALIBRATION_IMAGES = 10
 DEFAULT_CALIBRATION_IMAGES = 100
 _BATCH = 20
+# Longest one graph's quantization may take (ResNet-152: under a minute) before it is killed.
+QUANTIZE_TIMEOUT_S = 900.0
 
 
 class CalibrationSet:
@@ -137,3 +148,51 @@ def quantize(model_bytes: bytes, images: np.ndarray, input_name: str) -> bytes:
                         per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8)
         return out.read_bytes()
+
+
+def quantize_in_subprocess(model_bytes: bytes, images: np.ndarray, input_name: str,
+                           scratch_dir: Path) -> bytes:
+    """`quantize` run by a child Python, while this thread waits without the GIL.
+
+    ``scratch_dir`` holds the model, images and result for that moment. BackendError, with
+    the last line of the child's stderr, if it fails or runs over QUANTIZE_TIMEOUT_S.
+    """
+    with tempfile.TemporaryDirectory(prefix='pls_int8_', dir=scratch_dir) as tmp:
+        model, batch, out = (Path(tmp) / name for name in ('fp32.onnx', 'images.npy', 'int8.onnx'))
+        model.write_bytes(model_bytes)
+        np.save(batch, images, allow_pickle=False)
+        command = [sys.executable, '-c', f'import {__name__} as q; q.quantize_files()',
+                   str(model), str(batch), input_name, str(out)]
+        # The child imports this package from where the parent did (a source tree or install).
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
+            p for p in (package_root, os.environ.get('PYTHONPATH')) if p)}
+        try:
+            done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, timeout=QUANTIZE_TIMEOUT_S,
+                                  check=False)
+        except subprocess.TimeoutExpired as e:
+            raise BackendError(f'int8 quantization took over {QUANTIZE_TIMEOUT_S:g} s; '
+                               'gave up') from e
+        if done.returncode != 0 or not out.is_file():
+            lines = done.stderr.decode(errors='replace').strip().splitlines()
+            raise BackendError(f'int8 quantization failed (exit {done.returncode}): '
+                               + (lines[-1] if lines else 'no message'))
+        return out.read_bytes()
+
+
+def quantize_files() -> None:
+    """The child of `quantize_in_subprocess`: argv = model, images (.npy), input name, output.
+
+    Leaves at once if its parent goes (a node stopped mid-build), rather than finish unseen.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(3)
+    threading.Thread(target=watch, daemon=True).start()
+    model, images, input_name, out = sys.argv[1:]
+    Path(out).write_bytes(quantize(Path(model).read_bytes(), np.load(images), input_name))

@@ -80,7 +80,8 @@ import onnxruntime as ort
 
 from pls_perception.engines.base import InferenceEngine, check_batch
 from pls_perception.engines.build_worker import BuildWorker
-from pls_perception.engines.int8_quantization import PRECISIONS, CalibrationSet, quantize
+from pls_perception.engines.int8_quantization import (PRECISIONS, CalibrationSet,
+                                                      quantize_in_subprocess)
 from pls_perception.engines.onnx_wire import initializers
 from pls_perception.errors import BackendError
 from pls_perception.skipping.ratios import Masks, Ratio
@@ -615,8 +616,9 @@ class OnnxRuntimeEngine(InferenceEngine):
         if self.calibration is not None:
             _LOG.info('quantizing keep ratio %r to int8, calibrated on %s', ratio,
                       self.calibration.source)
-            model_bytes = quantize(model_bytes, self.calibration.images(self.input_size),
-                                   INPUT_NAME)
+            model_bytes = quantize_in_subprocess(
+                model_bytes, self.calibration.images(self.input_size), INPUT_NAME,
+                self.cache_dir)
         model = self._optimize(model_bytes)
         renames: dict[str, str] = {}
         kept: list[TensorProto] = []

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from pls_perception import paths
-from pls_perception.engines.int8_quantization import MIN_CALIBRATION_IMAGES, CalibrationSet
+from pls_perception.engines.int8_quantization import (MIN_CALIBRATION_IMAGES, CalibrationSet,
+                                                      quantize_in_subprocess)
 from pls_perception.engines.onnxruntime_engine import OnnxRuntimeEngine
-from pls_perception.errors import DatasetError
+from pls_perception.errors import BackendError, DatasetError
 from pls_perception.pipeline.parameters import validate_parameter
 from pls_perception.skipping.network import SkippableResNet
 from pls_perception.skipping.preprocessing import CIFAR10_PREPROCESSING
@@ -68,7 +69,7 @@ def test_int8_graphs_are_cached_under_their_calibration(small_model: SkippableRe
     def no_quantizing(*_: object, **__: object) -> bytes:
         raise AssertionError('a cached int8 graph was quantized again')
     import pls_perception.engines.onnxruntime_engine as ort_engine
-    monkeypatch.setattr(ort_engine, 'quantize', no_quantizing)
+    monkeypatch.setattr(ort_engine, 'quantize_in_subprocess', no_quantizing)
     same = CalibrationSet.from_arrays(_images(16), 'noise A, again')
     with _int8(small_model, tmp_path, same) as engine:
         assert engine.cache_dir == first_dir
@@ -140,3 +141,10 @@ def test_a_damaged_calibration_tarball_is_named(small_model: SkippableResNet,
     with pytest.raises(DatasetError, match='damaged.tar.gz'):
         _int8(small_model, tmp_path, calibration)
 
+
+
+def test_a_failed_quantization_says_why_and_leaves_no_scratch(tmp_path: Path) -> None:
+    """The quantizer runs in a child Python; its error reaches the caller, its files go."""
+    with pytest.raises(BackendError, match=r'int8 quantization failed \(exit 1\): [\w.]+Error: '):
+        quantize_in_subprocess(b'not an ONNX model', _images(12), 'input', tmp_path)
+    assert list(tmp_path.iterdir()) == []

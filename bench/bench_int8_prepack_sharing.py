@@ -1,0 +1,213 @@
+"""Benchmark: can int8 ratio sessions share their pre-packed weights, as fp32 ones share theirs?
+
+Issue #14 asks for an int8 node holding all ten ratios in <= 250 MB. Each ONNX Runtime session
+re-packs every int8 convolution's weights for its kernels, so ten per-ratio sessions hold ten
+packed copies. ONNX Runtime's remedy is a shared pre-packed weights container, in its C API only
+(``CreateSessionWithPrepackedWeightsContainer``). This script tries it through ``ctypes`` on the
+``libonnxruntime.so`` the onnxruntime wheel ships, with the int8 graphs the node builds (reference
+weights, r = 1 and 0.5, the engine's cache), and records whether session creation succeeds and
+ONNX Runtime's message if not. It also measures, with the Python API, what one ratio session adds
+to the process (weights shared via ``add_initializer``, as in the engine) with pre-packing on and
+off, and the r = 1 latency each way.
+
+Writes bench/results/bench_int8_prepack_sharing.json.
+
+Usage: .venv/bin/python bench/bench_int8_prepack_sharing.py [--cache-dir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import metric, print_metrics, write_result  # noqa: E402
+
+# Slots of `struct OrtApi` (onnxruntime_c_api.h; append-only, so fixed for API version >= 13).
+_API_VERSION = 13
+_SLOTS = {'GetErrorMessage': 2, 'CreateEnv': 3, 'CreateSessionOptions': 10,
+          'SetSessionLogSeverityLevel': 22, 'SetSessionGraphOptimizationLevel': 23,
+          'SetIntraOpNumThreads': 24, 'CreateTensorWithDataAsOrtValue': 49,
+          'CreateCpuMemoryInfo': 69, 'ReleaseStatus': 93, 'AddInitializer': 150,
+          'CreatePrepackedWeightsContainer': 166,
+          'CreateSessionWithPrepackedWeightsContainer': 168}
+_ONNX_FLOAT, _ONNX_INT8, _ONNX_INT32, _ONNX_UINT8 = 1, 3, 6, 2
+_DTYPES = {np.dtype(np.float32): _ONNX_FLOAT, np.dtype(np.uint8): _ONNX_UINT8,
+           np.dtype(np.int8): _ONNX_INT8, np.dtype(np.int32): _ONNX_INT32}
+
+
+def _graphs(cache_dir: Path | None) -> list[dict[str, Any]]:
+    """The int8 graphs of r = 1 and 0.5 (built on first use): index entries with their paths."""
+    from pls_perception import paths
+    from pls_perception.engines.int8_quantization import (DEFAULT_CALIBRATION_IMAGES,
+                                                          CalibrationSet)
+    from pls_perception.engines.onnxruntime_engine import OnnxRuntimeEngine
+    from pls_perception.skipping.weights import load_model
+    loaded = load_model(str(paths.reference_weights()))
+    calibration = CalibrationSet.from_cifar10(DEFAULT_CALIBRATION_IMAGES, loaded.preprocessing)
+    engine = OnnxRuntimeEngine.from_loaded(loaded, cache_dir=cache_dir, ratios=(1.0, 0.5),
+                                           precision='int8', calibration=calibration,
+                                           intra_op_threads=1)
+    engine.close()
+    indexes = [json.loads(p.read_text()) for p in (engine.cache_dir / 'graphs').glob('*.json')]
+    for index in indexes:
+        index['graph'] = str(engine.cache_dir / 'graphs' / f"{index['graph_sha256']}.onnx")
+        index['weights'] = str(engine.cache_dir / 'weights')
+    return sorted(indexes, key=lambda i: -i['ratio'])
+
+
+def _weight(index: dict[str, Any], name: str) -> np.ndarray:
+    return np.load(Path(index['weights']) / f'{name[2:]}.npy')
+
+
+def try_shared_container(graphs: list[dict[str, Any]]) -> str | None:
+    """Create every graph's session with one shared container: None if it works, else why."""
+    lib = ctypes.CDLL(str(Path(ort.__file__).parent / 'capi'
+                          / f'libonnxruntime.so.{ort.__version__}'))
+
+    class ApiBase(ctypes.Structure):
+        _fields_ = [('GetApi', ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_uint32)),
+                    ('GetVersionString', ctypes.CFUNCTYPE(ctypes.c_char_p))]
+    lib.OrtGetApiBase.restype = ctypes.POINTER(ApiBase)
+    table = ctypes.cast(lib.OrtGetApiBase().contents.GetApi(_API_VERSION),
+                        ctypes.POINTER(ctypes.c_void_p))
+    p, out = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)
+    signatures = {
+        'GetErrorMessage': (ctypes.c_char_p, p), 'ReleaseStatus': (None, p),
+        'CreateEnv': (p, ctypes.c_int, ctypes.c_char_p, out), 'CreateSessionOptions': (p, out),
+        'SetSessionLogSeverityLevel': (p, p, ctypes.c_int),
+        'SetSessionGraphOptimizationLevel': (p, p, ctypes.c_int),
+        'SetIntraOpNumThreads': (p, p, ctypes.c_int),
+        'CreateTensorWithDataAsOrtValue': (p, p, p, ctypes.c_size_t,
+                                           ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t,
+                                           ctypes.c_int, out),
+        'CreateCpuMemoryInfo': (p, ctypes.c_int, ctypes.c_int, out),
+        'AddInitializer': (p, p, ctypes.c_char_p, p),
+        'CreatePrepackedWeightsContainer': (p, out),
+        'CreateSessionWithPrepackedWeightsContainer': (p, p, ctypes.c_char_p, p, p, out)}
+    api = {name: ctypes.CFUNCTYPE(*signatures[name])(table[slot])
+           for name, slot in _SLOTS.items()}
+
+    def call(name: str, *args: object) -> None:
+        status = api[name](*args)
+        if status:
+            message = api['GetErrorMessage'](status).decode(errors='replace')
+            api['ReleaseStatus'](status)
+            raise RuntimeError(message)
+
+    env, memory, container = p(), p(), p()
+    call('CreateEnv', 3, b'pls-bench', ctypes.byref(env))
+    call('CreateCpuMemoryInfo', 0, 0, ctypes.byref(memory))
+    call('CreatePrepackedWeightsContainer', ctypes.byref(container))
+    values: dict[str, tuple[np.ndarray, ctypes.c_void_p]] = {}   # arrays stay alive with them
+    try:
+        for index in graphs:
+            options = p()
+            call('CreateSessionOptions', ctypes.byref(options))
+            call('SetIntraOpNumThreads', options, 1)
+            call('SetSessionGraphOptimizationLevel', options, 0)   # optimised offline
+            call('SetSessionLogSeverityLevel', options, 3)
+            for name in index['initializers']:
+                if name not in values:
+                    array = np.ascontiguousarray(_weight(index, name))
+                    shape = (ctypes.c_int64 * array.ndim)(*array.shape)
+                    value = p()
+                    call('CreateTensorWithDataAsOrtValue', memory, array.ctypes.data,
+                         array.nbytes, shape, array.ndim, _DTYPES[array.dtype],
+                         ctypes.byref(value))
+                    values[name] = (array, value)
+                call('AddInitializer', options, name.encode(), values[name][1])
+            session = p()
+            call('CreateSessionWithPrepackedWeightsContainer', env, index['graph'].encode(),
+                 options, container, ctypes.byref(session))
+    except RuntimeError as e:
+        return str(e)
+    return None
+
+
+def session_cost(index: dict[str, Any], prepack: bool, repeats: int) -> dict[str, float]:
+    """One ratio session through the Python API: MB it adds, and its median bs=1 latency."""
+    def rss_mb() -> float:
+        with open('/proc/self/statm', encoding='ascii') as f:
+            return int(f.read().split()[1]) * 4096 / 2**20
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.add_session_config_entry('session.disable_prepacking', '0' if prepack else '1')
+    weights = {name: ort.OrtValue.ortvalue_from_numpy(_weight(index, name))
+               for name in index['initializers']}       # ONNX Runtime does not keep them alive
+    for name, value in weights.items():
+        options.add_initializer(name, value)
+    before = rss_mb()
+    session = ort.InferenceSession(index['graph'], options, providers=['CPUExecutionProvider'])
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    session.run(None, {'input': x})
+    added = rss_mb() - before
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        session.run(None, {'input': x})
+        times.append(time.perf_counter() - t0)
+    return {'session_mb': added, 'latency_ms': statistics.median(times) * 1e3}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--cache-dir', type=Path, default=None,
+                        help='ONNX cache to build the int8 graphs in (default: a temp dir)')
+    parser.add_argument('--repeats', type=int, default=50, help='timed runs per session')
+    parser.add_argument('--child', choices=('container', 'on', 'off'), help=argparse.SUPPRESS)
+    parser.add_argument('--graphs', type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:                       # one measurement per fresh process (RSS, one ORT copy)
+        graphs = json.loads(args.graphs.read_text())
+        result: Any = (try_shared_container(graphs) if args.child == 'container'
+                       else session_cost(graphs[0], args.child == 'on', args.repeats))
+        print(json.dumps(result))
+        return 0
+    with tempfile.TemporaryDirectory(prefix='pls_prepack_') as tmp:
+        graphs = _graphs(args.cache_dir or Path(tmp))
+        listing = Path(tmp) / 'graphs.json'
+        listing.write_text(json.dumps(graphs))
+
+        def child(mode: str) -> Any:
+            done = subprocess.run([sys.executable, __file__, '--child', mode, '--graphs',
+                                   str(listing), '--repeats', str(args.repeats)],
+                                  check=True, capture_output=True, text=True)
+            return json.loads(done.stdout.strip().splitlines()[-1])
+        error = child('container')
+        on, off = child('on'), child('off')
+    r1 = graphs[0]['ratio']
+    metrics = [
+        metric('int8 sessions share pre-packed weights (C API container), 1 = yes',
+               int(error is None), '', target_min=0.5),
+        metric(f'one int8 session at r={r1:g}: memory added, pre-packing on',
+               on['session_mb'], 'MB'),
+        metric('the same, pre-packing off', off['session_mb'], 'MB'),
+        metric(f'int8 bs=1 latency at r={r1:g}, pre-packing on', on['latency_ms'], 'ms'),
+        metric('the same, pre-packing off', off['latency_ms'], 'ms'),
+        metric('pre-packing off / on latency', off['latency_ms'] / on['latency_ms'], 'x'),
+    ]
+    notes = [f'onnxruntime {ort.__version__}; shared container: '
+             + ('works' if error is None else f'fails: {error}')]
+    path = write_result('bench_int8_prepack_sharing', metrics, notes=notes,
+                        details={'container_error': error, 'ratios': [g['ratio'] for g in graphs],
+                                 'prepack_on': on, 'prepack_off': off})
+    print_metrics(metrics, path)
+    print(notes[0])
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
