@@ -18,8 +18,10 @@ machine).
    request meanwhile.
 3. Reaction time (node default engine): /latency_budget published -> the manager's
    (keep_ratio, frequency_mhz) set in the perception node (seen on its /parameter_events; the
-   node applies it before its next frame), over alternating budgets, frames flowing at 10 Hz.
-   Target: p95 < 50 ms.
+   node applies it before its next frame), and -> the first classification the node produces
+   at that point (its ``~/frame_info`` names the pair its frame ran at), over alternating
+   budgets, frames flowing at 10 Hz. Targets: p95 < 50 ms, and p95 < one frame period + 50 ms
+   (a frame in flight is cut short, so the next frame runs at the new point).
 4. Budget tracking (node default engine): a stepped budget schedule (scaled to the full
    network's latency measured in step 1) while frames arrive at 30 Hz, for PLS+DVFS (the
    manager as shipped: joint strategy, closed loop) against r = 1 at f_max (no manager) and
@@ -209,6 +211,7 @@ def measure_flood(probe: PipelineProbe, frames: np.ndarray, keep_ratio: float,
 
 # ------------------------------------------------------------------ 3. reaction time
 Setpoint = tuple[float, float]  # (keep_ratio, frequency_mhz)
+REACTION_RATE_HZ = 10.0
 
 
 def two_budgets(profile: OperatingPointProfile, accuracy_loss_max: float) -> tuple[
@@ -230,16 +233,19 @@ def two_budgets(profile: OperatingPointProfile, accuracy_loss_max: float) -> tup
 def measure_reaction(probe: PipelineProbe, frames: np.ndarray, profile_path: str,
                      accuracy_loss_max: float, changes: int, log_dir: Path) -> dict[str, Any]:
     """Budget published -> the manager's (keep_ratio, frequency_mhz) in the perception node's
-    parameters (its /parameter_events), ``changes`` times, with frames flowing at 10 Hz so the
-    node is busy as in real use."""
+    parameters (its /parameter_events), and -> the first classification produced at that point,
+    ``changes`` times, with frames flowing at REACTION_RATE_HZ so the node is busy as in real
+    use."""
     profile = load_profile(profile_path)
     (loose_ms, loose_point), (tight_ms, tight_point) = two_budgets(profile, accuracy_loss_max)
     delays_ms: list[float] = []
-    timeouts = 0
+    effect_ms: list[float] = []
+    timeouts = unseen = 0
     rng = random.Random(0)
     manager = {'profile': profile_path, 'accuracy_loss_max': accuracy_loss_max,
                'hysteresis': 0.0, 'closed_loop': False}
-    with running_node(MANAGER_MODULE, manager, log_dir), probe.feeding(frames, 10.0):
+    with running_node(MANAGER_MODULE, manager, log_dir), \
+            probe.feeding(frames, REACTION_RATE_HZ):
         # Until the manager is up and has discovered both ends, budgets may go unheard.
         deadline = time.monotonic() + 60.0
         while _wait_setpoint(probe, loose_ms, loose_point, timeout_s=0.5) is None:
@@ -248,29 +254,49 @@ def measure_reaction(probe: PipelineProbe, frames: np.ndarray, profile_path: str
         budgets = [(tight_ms, tight_point), (loose_ms, loose_point)]
         for i in tqdm(range(changes), desc='reaction', unit='change'):
             budget_ms, point = budgets[i % 2]
-            delay_s = _wait_setpoint(probe, budget_ms, point, timeout_s=2.0)
-            if delay_s is None:
+            waited = _wait_setpoint(probe, budget_ms, point, timeout_s=2.0)
+            if waited is None:
                 timeouts += 1
                 _wait_setpoint(probe, budget_ms, point, timeout_s=30.0)
             else:
+                t0, delay_s, classified_from = waited
                 delays_ms.append(delay_s * 1e3)
+                first = probe.classifications.wait_for(
+                    lambda r: _ran_at(r.data, point), 2.0, classified_from)
+                if first is None:
+                    unseen += 1
+                else:
+                    effect_ms.append((first.t_s - t0) * 1e3)
             time.sleep(0.15 + rng.random() * 0.1)  # random phase against periodic timers
     return {'loose_budget_ms': loose_ms, 'loose_point': loose_point,
             'tight_budget_ms': tight_ms, 'tight_point': tight_point,
             'changes': changes, 'timeouts_2s': timeouts, 'delays_ms': delays_ms,
             'p50_ms': percentile(delays_ms, 50), 'p95_ms': percentile(delays_ms, 95),
-            'max_ms': max(delays_ms) if delays_ms else None}
+            'max_ms': max(delays_ms) if delays_ms else None,
+            'frame_period_ms': 1e3 / REACTION_RATE_HZ, 'effect_delays_ms': effect_ms,
+            'effect_unseen_2s': unseen,
+            'effect_p50_ms': percentile(effect_ms, 50),
+            'effect_p95_ms': percentile(effect_ms, 95),
+            'effect_max_ms': max(effect_ms) if effect_ms else None}
 
 
 def _wait_setpoint(probe: PipelineProbe, budget_ms: float, point: Setpoint,
-                   timeout_s: float) -> float | None:
-    """Publish ``budget_ms``; seconds until the node's parameters show ``point``."""
+                   timeout_s: float) -> tuple[float, float, int] | None:
+    """Publish ``budget_ms``; (publish time, seconds until the node's parameters show ``point``,
+    index of the first classification received after the publication)."""
     start = len(probe.parameter_events)
+    classified_from = len(probe.classifications)
     t0 = probe.publish_budget(budget_ms)
     event = probe.parameter_events.wait_for(
         lambda e: (e.data.get('keep_ratio'), e.data.get('frequency_mhz')) == point,
         timeout_s, start)
-    return None if event is None else event.t_s - t0
+    return None if event is None else (t0, event.t_s - t0, classified_from)
+
+
+def _ran_at(frame_info: dict[str, Any], point: Setpoint) -> bool:
+    """Whether a classification's frame ran at ``point`` (keep_ratio, frequency_mhz)."""
+    return (math.isclose(float(frame_info['keep_ratio']), point[0])
+            and math.isclose(float(frame_info['frequency_mhz']), point[1]))
 
 
 # ------------------------------------------------------------------ 4. budget tracking
@@ -626,7 +652,14 @@ def collect_metrics(details: dict[str, Any]) -> list[dict[str, Any]]:
         reaction = details['reaction']
         rows += [metric('reaction budget->operating point p50', reaction['p50_ms'], 'ms'),
                  metric('reaction budget->operating point p95', reaction['p95_ms'], 'ms',
-                        target_max=REACTION_TARGET_MS)]
+                        target_max=REACTION_TARGET_MS),
+                 metric('budget->first classification at the new point p50',
+                        reaction['effect_p50_ms'], 'ms'),
+                 metric('budget->first classification at the new point p95',
+                        reaction['effect_p95_ms'], 'ms',
+                        target_max=reaction['frame_period_ms'] + REACTION_TARGET_MS),
+                 metric('budget changes with no classification at the new point within 2 s',
+                        reaction['effect_unseen_2s'], 'changes', target_max=0.5)]
     if 'tracking' in details:
         for label, s in details['tracking']['summary'].items():
             rows += [

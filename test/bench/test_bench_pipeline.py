@@ -77,5 +77,9 @@ def test_quick_smoke_run(tmp_path: Path) -> None:
         assert rows[f'{engine}: sustainable rate under flood, r=1'] > 0
         assert rows[f'{engine}: parameter answer under flood max'] > 0
     assert rows['reaction budget->operating point p95'] > 0
+    # a frame runs at the new point only once the node has it: after it, never before
+    assert rows['budget changes with no classification at the new point within 2 s'] == 0
+    assert rows['budget->first classification at the new point p50'] \
+        > rows['reaction budget->operating point p50']
     assert (tmp_path / 'bench_pipeline.png').stat().st_size > 0
     assert 'QUICK' in doc['notes'][0]
