@@ -10,6 +10,13 @@ ONNX Runtime's message if not. It also measures, with the Python API, what one r
 to the process (weights shared via ``add_initializer``, as in the engine) with pre-packing on and
 off, and the r = 1 latency each way.
 
+Third, the way round it: one int8 graph for every ratio, made from the r = 1 graph by putting each
+skippable block (all but the first of a stage) behind an ``If`` on a boolean input, so each block's
+weights are packed once. Measured: what that one session adds, its latency at r = 1 and 0.5 over
+the per-ratio graphs', and its largest logit difference from the r = 1 graph. Its activation
+scales are r = 1's at every ratio (the per-ratio graphs are calibrated per ratio), so its accuracy
+at r < 1 is not the per-ratio graphs'; this measures only the cost of the structure.
+
 Writes bench/results/bench_int8_prepack_sharing.json.
 
 Usage: .venv/bin/python bench/bench_int8_prepack_sharing.py [--cache-dir DIR]
@@ -24,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,31 +143,128 @@ def try_shared_container(graphs: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def session_cost(index: dict[str, Any], prepack: bool, repeats: int) -> dict[str, float]:
-    """One ratio session through the Python API: MB it adds, and its median bs=1 latency."""
-    def rss_mb() -> float:
-        with open('/proc/self/statm', encoding='ascii') as f:
-            return int(f.read().split()[1]) * 4096 / 2**20
+def _rss_mb() -> float:
+    with open('/proc/self/statm', encoding='ascii') as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def _session(index: dict[str, Any], graph: str | bytes, weights: dict[str, ort.OrtValue],
+             prepack: bool = True) -> ort.InferenceSession:
+    """A session as the engine makes one: weights shared via add_initializer, no re-optimising."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.add_session_config_entry('session.disable_prepacking', '0' if prepack else '1')
-    weights = {name: ort.OrtValue.ortvalue_from_numpy(_weight(index, name))
-               for name in index['initializers']}       # ONNX Runtime does not keep them alive
-    for name, value in weights.items():
-        options.add_initializer(name, value)
-    before = rss_mb()
-    session = ort.InferenceSession(index['graph'], options, providers=['CPUExecutionProvider'])
-    x = np.zeros((1, 3, 32, 32), np.float32)
-    session.run(None, {'input': x})
-    added = rss_mb() - before
+    for name in index['initializers']:
+        if name not in weights:        # kept here: ONNX Runtime does not keep them alive
+            weights[name] = ort.OrtValue.ortvalue_from_numpy(_weight(index, name))
+        options.add_initializer(name, weights[name])
+    return ort.InferenceSession(graph, options, providers=['CPUExecutionProvider'])
+
+
+def _median_ms(run: Callable[[], object], repeats: int) -> float:
+    run()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        session.run(None, {'input': x})
+        run()
         times.append(time.perf_counter() - t0)
-    return {'session_mb': added, 'latency_ms': statistics.median(times) * 1e3}
+    return statistics.median(times) * 1e3
+
+
+_X = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+
+
+def session_cost(index: dict[str, Any], prepack: bool, repeats: int) -> dict[str, float]:
+    """One ratio session through the Python API: MB it adds, and its median bs=1 latency."""
+    weights: dict[str, ort.OrtValue] = {}
+    _session(index, index['graph'], weights).run(None, {'input': _X})    # weights loaded
+    before = _rss_mb()
+    session = _session(index, index['graph'], weights, prepack)
+    session.run(None, {'input': _X})
+    added = _rss_mb() - before
+    return {'session_mb': added,
+            'latency_ms': _median_ms(lambda: session.run(None, {'input': _X}), repeats)}
+
+
+def multi_ratio_graph(graph_path: str) -> tuple[bytes, list[tuple[str, int, str]]]:
+    """The r = 1 int8 graph with every skippable block behind an If: (model, [(stage, block,
+    input name)]); the else branch passes the block's input on."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from pls_perception.skipping.ratios import RESNET152_DEPTHS, STAGE_NAMES
+    model = onnx.load(graph_path, load_external_data=False)
+    graph = model.graph
+    constants = {t.name for t in graph.initializer}
+    nodes = list(graph.node)
+    gates = []
+    for stage, depth in zip(STAGE_NAMES, RESNET152_DEPTHS):
+        for b in range(1, depth):
+            prefix = f'/{stage}/{stage}.{b}/'
+            block = [n for n in nodes if n.name.startswith(prefix)]
+            made = {o for n in block for o in n.output}
+            rest = [n for n in nodes if not n.name.startswith(prefix)]
+            used = {i for n in rest for i in n.input} | {o.name for o in graph.output}
+            inputs = {i for n in block for i in n.input if i and i not in made | constants}
+            outputs = made & used
+            if not block or len(inputs) != 1 or len(outputs) != 1:
+                raise ValueError(f'block {prefix} is not one subgraph with one input and output')
+            (x,), (y,) = inputs, outputs
+            then_nodes = []
+            for n in block:
+                copy = onnx.NodeProto()
+                copy.CopyFrom(n)
+                copy.output[:] = [f'{o}_then' if o == y else o for o in n.output]
+                then_nodes.append(copy)
+            gate = f'keep_{stage}_{b}'
+            branch = {
+                'then_branch': helper.make_graph(then_nodes, f'{gate}_then', [], [
+                    helper.make_tensor_value_info(f'{y}_then', TensorProto.UINT8, None)]),
+                'else_branch': helper.make_graph(
+                    [helper.make_node('Identity', [x], [f'{y}_else'])], f'{gate}_else', [],
+                    [helper.make_tensor_value_info(f'{y}_else', TensorProto.UINT8, None)])}
+            at = nodes.index(block[0])
+            nodes = [*rest[:at], helper.make_node('If', [gate], [y], name=f'{prefix}If',
+                                                  **branch), *rest[at:]]
+            graph.input.append(helper.make_tensor_value_info(gate, TensorProto.BOOL, []))
+            gates.append((stage, b, gate))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model.SerializeToString(), gates
+
+
+def multi_ratio_cost(graphs: list[dict[str, Any]], repeats: int) -> dict[str, Any]:
+    """The If-gated graph against the per-ratio graphs: memory, latency, r = 1 agreement."""
+    from pls_perception.skipping.ratios import RESNET152_DEPTHS, STAGE_NAMES, blocks_kept
+    full = graphs[0]
+    model, gates = multi_ratio_graph(full['graph'])
+    depth = dict(zip(STAGE_NAMES, RESNET152_DEPTHS))
+    weights: dict[str, ort.OrtValue] = {}
+    plain = {g['ratio']: _session(g, g['graph'], weights) for g in graphs}
+    # the graph's placeholders point at placeholder.bin beside the per-ratio graphs
+    multi_path = Path(full['graph']).with_name('multi_ratio.onnx')
+    multi_path.write_bytes(model)
+    before = _rss_mb()
+    multi = _session(full, str(multi_path), weights)
+
+    def feeds(ratio: float) -> dict[str, np.ndarray]:
+        return {'input': _X, **{gate: np.array(b < blocks_kept(depth[stage], ratio))
+                                for stage, b, gate in gates}}
+    multi.run(None, feeds(1.0))
+    added = _rss_mb() - before
+    multi_path.unlink()
+    diff = float(np.abs(multi.run(None, feeds(1.0))[0]
+                        - plain[1.0].run(None, {'input': _X})[0]).max())
+    latency = {}
+    for g in graphs:
+        r, f = g['ratio'], feeds(g['ratio'])
+        latency[r] = {'multi_ms': _median_ms(lambda: multi.run(None, f), repeats),
+                      'per_ratio_ms': _median_ms(
+                          lambda: plain[r].run(None, {'input': _X}), repeats)}
+    return {'session_mb': added, 'gates': len(gates), 'max_abs_diff_r1': diff,
+            'latency': latency}
 
 
 def main() -> int:
@@ -167,12 +272,14 @@ def main() -> int:
     parser.add_argument('--cache-dir', type=Path, default=None,
                         help='ONNX cache to build the int8 graphs in (default: a temp dir)')
     parser.add_argument('--repeats', type=int, default=50, help='timed runs per session')
-    parser.add_argument('--child', choices=('container', 'on', 'off'), help=argparse.SUPPRESS)
+    parser.add_argument('--child', choices=('container', 'on', 'off', 'multi'),
+                        help=argparse.SUPPRESS)
     parser.add_argument('--graphs', type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:                       # one measurement per fresh process (RSS, one ORT copy)
         graphs = json.loads(args.graphs.read_text())
         result: Any = (try_shared_container(graphs) if args.child == 'container'
+                       else multi_ratio_cost(graphs, args.repeats) if args.child == 'multi'
                        else session_cost(graphs[0], args.child == 'on', args.repeats))
         print(json.dumps(result))
         return 0
@@ -187,7 +294,7 @@ def main() -> int:
                                   check=True, capture_output=True, text=True)
             return json.loads(done.stdout.strip().splitlines()[-1])
         error = child('container')
-        on, off = child('on'), child('off')
+        on, off, multi = child('on'), child('off'), child('multi')
     r1 = graphs[0]['ratio']
     metrics = [
         metric('int8 sessions share pre-packed weights (C API container), 1 = yes',
@@ -198,12 +305,20 @@ def main() -> int:
         metric(f'int8 bs=1 latency at r={r1:g}, pre-packing on', on['latency_ms'], 'ms'),
         metric('the same, pre-packing off', off['latency_ms'], 'ms'),
         metric('pre-packing off / on latency', off['latency_ms'] / on['latency_ms'], 'x'),
+        metric(f"one If-gated int8 graph for all ratios ({multi['gates']} gates): memory added",
+               multi['session_mb'], 'MB'),
     ]
+    for r, t in sorted(multi['latency'].items(), reverse=True):
+        metric_name = f'If-gated graph / per-ratio graph latency at r={float(r):g}'
+        metrics.append(metric(metric_name, t['multi_ms'] / t['per_ratio_ms'], 'x'))
+    metrics.append(metric(f'If-gated graph vs r={r1:g} graph: max |logit diff|',
+                          multi['max_abs_diff_r1'], '', target_max=1e-6))
     notes = [f'onnxruntime {ort.__version__}; shared container: '
              + ('works' if error is None else f'fails: {error}')]
     path = write_result('bench_int8_prepack_sharing', metrics, notes=notes,
                         details={'container_error': error, 'ratios': [g['ratio'] for g in graphs],
-                                 'prepack_on': on, 'prepack_off': off})
+                                 'prepack_on': on, 'prepack_off': off,
+                                 'multi_ratio_graph': multi})
     print_metrics(metrics, path)
     print(notes[0])
     return 0
