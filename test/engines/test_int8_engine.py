@@ -142,7 +142,6 @@ def test_a_damaged_calibration_tarball_is_named(small_model: SkippableResNet,
         _int8(small_model, tmp_path, calibration)
 
 
-
 def test_a_failed_quantization_says_why_and_leaves_no_scratch(tmp_path: Path) -> None:
     """The quantizer runs in a child Python; its error reaches the caller, its files go."""
     with pytest.raises(BackendError, match=r'int8 quantization failed \(exit 1\): [\w.]+Error: '):
