@@ -15,7 +15,10 @@ skippable block (all but the first of a stage) behind an ``If`` on a boolean inp
 weights are packed once. Measured: what that one session adds, its latency at r = 1 and 0.5 over
 the per-ratio graphs', and its largest logit difference from the r = 1 graph. Its activation
 scales are r = 1's at every ratio (the per-ratio graphs are calibrated per ratio), so its accuracy
-at r < 1 is not the per-ratio graphs'; this measures only the cost of the structure.
+at r < 1 is not the per-ratio graphs'; this measures only the cost of the structure. So it is
+measured a second time with every per-ratio quantization parameter (activation scales and zero
+points, int32 biases: what per-ratio calibration changes) turned into a graph input fed from
+each ratio's own graph: logits against each per-ratio graph's, and latency.
 
 Writes bench/results/bench_int8_prepack_sharing.json.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -235,8 +239,56 @@ def multi_ratio_graph(graph_path: str) -> tuple[bytes, list[tuple[str, int, str]
     return model.SerializeToString(), gates
 
 
+# Inputs that per-ratio calibration changes, by operator (the weights and their scales do not).
+_RATIO_SLOTS = {'QLinearConv': (1, 2, 6, 7, 8), 'QLinearAdd': (1, 2, 4, 5, 6, 7),
+                'QGemm': (1, 2, 6, 7, 8), 'QLinearGlobalAveragePool': (1, 2, 3, 4),
+                'QuantizeLinear': (1, 2), 'DequantizeLinear': (1, 2)}
+_OPTIMISER_SUFFIX = re.compile(r'_token_\d+$')   # node names differ only by it across ratios
+
+
+def ratio_parameters(graph: Any) -> dict[str, str]:
+    """``graph``'s per-ratio parameter slots, If branches included: input name -> tensor name."""
+    found = {}
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField('g'):
+                found.update(ratio_parameters(attribute.g))
+        for slot in _RATIO_SLOTS.get(node.op_type, ()):
+            if slot < len(node.input) and node.input[slot]:
+                name = f'q{_OPTIMISER_SUFFIX.sub("", node.name)}/{slot}'
+                found[name] = node.input[slot]
+    return found
+
+
+def with_parameter_inputs(model_bytes: bytes) -> tuple[bytes, dict[str, str]]:
+    """``model_bytes`` with every per-ratio parameter slot read from a graph input of its own:
+    (model, input name -> the tensor it replaced)."""
+    import onnx
+    from onnx import helper
+    model = onnx.load_model_from_string(model_bytes)
+    constants = {t.name: t for t in model.graph.initializer}
+    replaced = ratio_parameters(model.graph)
+
+    def rewrite(graph: Any) -> None:
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField('g'):
+                    rewrite(attribute.g)
+            for slot in _RATIO_SLOTS.get(node.op_type, ()):
+                if slot < len(node.input) and node.input[slot]:
+                    node.input[slot] = f'q{_OPTIMISER_SUFFIX.sub("", node.name)}/{slot}'
+    rewrite(model.graph)
+    for name, tensor in replaced.items():
+        model.graph.input.append(helper.make_tensor_value_info(
+            name, constants[tensor].data_type, list(constants[tensor].dims)))
+    return model.SerializeToString(), replaced
+
+
 def multi_ratio_cost(graphs: list[dict[str, Any]], repeats: int) -> dict[str, Any]:
-    """The If-gated graph against the per-ratio graphs: memory, latency, r = 1 agreement."""
+    """The If-gated graph against the per-ratio graphs: memory, latency, r = 1 agreement; then
+    with per-ratio parameters as inputs: latency and agreement at every ratio."""
+    import onnx
+
     from pls_perception.skipping.ratios import RESNET152_DEPTHS, STAGE_NAMES, blocks_kept
     full = graphs[0]
     model, gates = multi_ratio_graph(full['graph'])
@@ -263,8 +315,24 @@ def multi_ratio_cost(graphs: list[dict[str, Any]], repeats: int) -> dict[str, An
         latency[r] = {'multi_ms': _median_ms(lambda: multi.run(None, f), repeats),
                       'per_ratio_ms': _median_ms(
                           lambda: plain[r].run(None, {'input': _X}), repeats)}
+    # the same with per-ratio quantization parameters as inputs, each ratio's own fed
+    fed, replaced = with_parameter_inputs(model)
+    fed_path = multi_path.with_name('multi_ratio_fed.onnx')
+    fed_path.write_bytes(fed)
+    fed_session = _session(full, str(fed_path), weights)
+    fed_path.unlink()
+    fed_diff = 0.0
+    for g in graphs:
+        r = g['ratio']
+        tensors = {**replaced, **ratio_parameters(
+            onnx.load(g['graph'], load_external_data=False).graph)}
+        f = {**feeds(r), **{name: _weight(g, tensors[name]) for name in replaced}}
+        fed_diff = max(fed_diff, float(np.abs(fed_session.run(None, f)[0]
+                                              - plain[r].run(None, {'input': _X})[0]).max()))
+        latency[r]['fed_ms'] = _median_ms(lambda: fed_session.run(None, f), repeats)
     return {'session_mb': added, 'gates': len(gates), 'max_abs_diff_r1': diff,
-            'latency': latency}
+            'latency': latency, 'parameter_inputs': len(replaced),
+            'fed_max_abs_diff': fed_diff}
 
 
 def main() -> int:
@@ -313,6 +381,12 @@ def main() -> int:
         metrics.append(metric(metric_name, t['multi_ms'] / t['per_ratio_ms'], 'x'))
     metrics.append(metric(f'If-gated graph vs r={r1:g} graph: max |logit diff|',
                           multi['max_abs_diff_r1'], '', target_max=1e-6))
+    fed = f"If-gated graph, {multi['parameter_inputs']} per-ratio parameters as inputs"
+    for r, t in sorted(multi['latency'].items(), reverse=True):
+        metrics.append(metric(f'{fed}: latency / per-ratio graph at r={float(r):g}',
+                              t['fed_ms'] / t['per_ratio_ms'], 'x'))
+    metrics.append(metric(f'{fed}: max |logit diff| from each per-ratio graph',
+                          multi['fed_max_abs_diff'], '', target_max=1e-6))
     notes = [f'onnxruntime {ort.__version__}; shared container: '
              + ('works' if error is None else f'fails: {error}')]
     path = write_result('bench_int8_prepack_sharing', metrics, notes=notes,
