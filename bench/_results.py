@@ -31,6 +31,12 @@ def median_time_us(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(samples)
 
 
+def rss_mb() -> float:
+    """This process's resident memory in MB (Linux /proc)."""
+    with open('/proc/self/statm', encoding='ascii') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+
 def metric(name: str, value: float | int | None, unit: str, *, target_max: float | None = None,
            target_min: float | None = None) -> dict[str, Any]:
     """One table row; ``met`` is computed from the target (None when there is no target)."""

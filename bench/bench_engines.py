@@ -16,7 +16,6 @@ import argparse
 import ctypes
 import gc
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,8 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import RESULTS_DIR, machine_info, metric, print_metrics, write_result  # noqa: E402
+from _results import (RESULTS_DIR, machine_info, metric, print_metrics, rss_mb,  # noqa: E402
+                      write_result)
 
 from pls_perception import paths  # noqa: E402
 from pls_perception.engines import TorchEngine  # noqa: E402
@@ -41,11 +41,6 @@ from pls_perception.skipping.weights import LoadedModel, load_model  # noqa: E40
 
 NAME = 'bench_engines'
 DEFAULT_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
-
-
-def _rss_mb() -> float:
-    with open('/proc/self/statm', encoding='ascii') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
 
 
 def _load(weights: str) -> LoadedModel:
@@ -150,13 +145,13 @@ def _rss_child(args: argparse.Namespace) -> None:
     loaded = _load(args.weights)
     gc.collect()
     ctypes.CDLL('libc.so.6').malloc_trim(0)   # hand loading's freed memory back: honest baseline
-    before = _rss_mb()
+    before = rss_mb()
     engine = _onnx_engine(loaded, args, args.ratios, args.precision)
     x = np.zeros((1, 3, *engine.input_size), np.float32)
     for ratio in args.ratios:
         engine.set_keep_ratio(ratio)
         engine.infer(x)
-    print(json.dumps({'rss_mb': _rss_mb() - before, 'sessions': len(engine.ready_ratios)}))
+    print(json.dumps({'rss_mb': rss_mb() - before, 'sessions': len(engine.ready_ratios)}))
 
 
 def _rss(args: argparse.Namespace, ratios: list[float]) -> dict[str, Any]:

@@ -30,12 +30,10 @@ import argparse
 import ctypes
 import json
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +41,8 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import metric, print_metrics, write_result  # noqa: E402
+from _results import (median_time_us, metric, print_metrics, rss_mb,  # noqa: E402
+                      write_result)
 
 # Slots of `struct OrtApi` (onnxruntime_c_api.h; append-only, so fixed for API version >= 13).
 _API_VERSION = 13
@@ -147,11 +146,6 @@ def try_shared_container(graphs: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def _rss_mb() -> float:
-    with open('/proc/self/statm', encoding='ascii') as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-
-
 def _session(index: dict[str, Any], graph: str | bytes, weights: dict[str, ort.OrtValue],
              prepack: bool = True) -> ort.InferenceSession:
     """A session as the engine makes one: weights shared via add_initializer, no re-optimising."""
@@ -168,13 +162,9 @@ def _session(index: dict[str, Any], graph: str | bytes, weights: dict[str, ort.O
 
 
 def _median_ms(run: Callable[[], object], repeats: int) -> float:
+    """Median of ``repeats`` timed runs after one untimed (warm-up) run."""
     run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return median_time_us(run, repeats) / 1e3
 
 
 _X = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
@@ -184,10 +174,10 @@ def session_cost(index: dict[str, Any], prepack: bool, repeats: int) -> dict[str
     """One ratio session through the Python API: MB it adds, and its median bs=1 latency."""
     weights: dict[str, ort.OrtValue] = {}
     _session(index, index['graph'], weights).run(None, {'input': _X})    # weights loaded
-    before = _rss_mb()
+    before = rss_mb()
     session = _session(index, index['graph'], weights, prepack)
     session.run(None, {'input': _X})
-    added = _rss_mb() - before
+    added = rss_mb() - before
     return {'session_mb': added,
             'latency_ms': _median_ms(lambda: session.run(None, {'input': _X}), repeats)}
 
@@ -246,18 +236,21 @@ _RATIO_SLOTS = {'QLinearConv': (1, 2, 6, 7, 8), 'QLinearAdd': (1, 2, 4, 5, 6, 7)
 _OPTIMISER_SUFFIX = re.compile(r'_token_\d+$')   # node names differ only by it across ratios
 
 
-def ratio_parameters(graph: Any) -> dict[str, str]:
-    """``graph``'s per-ratio parameter slots, If branches included: input name -> tensor name."""
-    found = {}
+def _parameter_slots(graph: Any) -> Iterator[tuple[Any, int, str]]:
+    """(node, input slot, input name it gets) of ``graph``'s per-ratio parameters, If branches
+    included."""
     for node in graph.node:
         for attribute in node.attribute:
             if attribute.HasField('g'):
-                found.update(ratio_parameters(attribute.g))
+                yield from _parameter_slots(attribute.g)
         for slot in _RATIO_SLOTS.get(node.op_type, ()):
             if slot < len(node.input) and node.input[slot]:
-                name = f'q{_OPTIMISER_SUFFIX.sub("", node.name)}/{slot}'
-                found[name] = node.input[slot]
-    return found
+                yield node, slot, f'q{_OPTIMISER_SUFFIX.sub("", node.name)}/{slot}'
+
+
+def ratio_parameters(graph: Any) -> dict[str, str]:
+    """``graph``'s per-ratio parameters: input name -> the tensor the graph holds there."""
+    return {name: node.input[slot] for node, slot, name in _parameter_slots(graph)}
 
 
 def with_parameter_inputs(model_bytes: bytes) -> tuple[bytes, dict[str, str]]:
@@ -267,17 +260,10 @@ def with_parameter_inputs(model_bytes: bytes) -> tuple[bytes, dict[str, str]]:
     from onnx import helper
     model = onnx.load_model_from_string(model_bytes)
     constants = {t.name: t for t in model.graph.initializer}
-    replaced = ratio_parameters(model.graph)
-
-    def rewrite(graph: Any) -> None:
-        for node in graph.node:
-            for attribute in node.attribute:
-                if attribute.HasField('g'):
-                    rewrite(attribute.g)
-            for slot in _RATIO_SLOTS.get(node.op_type, ()):
-                if slot < len(node.input) and node.input[slot]:
-                    node.input[slot] = f'q{_OPTIMISER_SUFFIX.sub("", node.name)}/{slot}'
-    rewrite(model.graph)
+    replaced = {}
+    for node, slot, name in list(_parameter_slots(model.graph)):
+        replaced[name] = node.input[slot]
+        node.input[slot] = name
     for name, tensor in replaced.items():
         model.graph.input.append(helper.make_tensor_value_info(
             name, constants[tensor].data_type, list(constants[tensor].dims)))
@@ -298,14 +284,14 @@ def multi_ratio_cost(graphs: list[dict[str, Any]], repeats: int) -> dict[str, An
     # the graph's placeholders point at placeholder.bin beside the per-ratio graphs
     multi_path = Path(full['graph']).with_name('multi_ratio.onnx')
     multi_path.write_bytes(model)
-    before = _rss_mb()
+    before = rss_mb()
     multi = _session(full, str(multi_path), weights)
 
     def feeds(ratio: float) -> dict[str, np.ndarray]:
         return {'input': _X, **{gate: np.array(b < blocks_kept(depth[stage], ratio))
                                 for stage, b, gate in gates}}
     multi.run(None, feeds(1.0))
-    added = _rss_mb() - before
+    added = rss_mb() - before
     multi_path.unlink()
     diff = float(np.abs(multi.run(None, feeds(1.0))[0]
                         - plain[1.0].run(None, {'input': _X})[0]).max())
