@@ -21,7 +21,10 @@ Cache layout (``cache_dir``: argument, else $PLS_ONNX_CACHE, else ~/.cache/pls_p
                                       int8: precision and calibration set (int8_quantization)
         manifest.json                 what the key was made of (for humans)
         graphs/<graph_key>.json       index: key, masks, ratio, policy, the graph's digest, the
-                                      initializer names, and the digest of all that
+                                      initializer names (int8: also the per-ratio parameters and
+                                      each node's constants), and the digest of all that
+        graphs/gated-<key>.json       int8: index of the gated graph every ratio shares, made from
+                                      ratio 1's graph <key> (`int8_gating`)
         graphs/<sha256>.onnx          graph-only model (initializers are placeholders)
         graphs/placeholder.bin        sparse file the placeholders point at (never read)
         weights/<sha256>.npy          one file per distinct tensor, shared by every graph
@@ -39,6 +42,10 @@ file that fails is logged once with its path, removed and rebuilt; a build also 
 files it finds already stored. Every file is written to a temp file and renamed, the index last,
 so processes sharing a cache see a whole entry or none. Each tensor is hashed once per engine,
 however many ratios share it: a warm load reads and hashes the weights once.
+
+int8 sessions cannot share their weights: each packs them for its kernels. So every int8 ratio
+is served, where it can be, by one gated graph (`int8_gating`) whose quantization parameters are
+inputs, bound per ratio once (`GatedRatio`): one packed copy of the weights for all ratios.
 
 Switching ratio is a dictionary look-up under a lock. A ratio whose graph is not loaded yet is
 built on a background thread while the previous ratio keeps serving; `status()` says so.
@@ -71,15 +78,16 @@ import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
 
 from pls_perception.engines.base import InferenceEngine, check_batch
 from pls_perception.engines.build_worker import BuildWorker
+from pls_perception.engines.int8_gating import gate_name
 from pls_perception.engines.int8_quantization import (PRECISIONS, CalibrationSet,
                                                       quantize_in_subprocess)
 from pls_perception.engines.onnx_wire import initializers
@@ -101,6 +109,8 @@ OUTPUT_NAME = 'logits'
 _PLACEHOLDER = 'placeholder.bin'
 # Bumped when the export or cache format changes, so stale caches are never reused.
 _FORMAT_VERSION = 2
+# Bumped when int8 entries change (2: per-ratio parameters for the gated graph).
+_INT8_FORMAT_VERSION = 2
 # An initializer name in a cached graph: the digest of the tensor in weights/<digest>.npy.
 _WEIGHT_NAME = re.compile(r'w_([0-9a-f]{64})')
 _SHA256 = re.compile(r'[0-9a-f]{64}')
@@ -215,11 +225,16 @@ def read_capped(path: Path, limit: int) -> bytes:
 
 @dataclass(frozen=True)
 class _Entry:
-    """A verified cache entry: the graph file, its initializer names, the placeholder size."""
+    """A verified cache entry: the graph file, its initializer names, the placeholder size;
+    int8 graphs also list their per-ratio parameters and their nodes' constants
+    (`int8_gating`), and the gated graph its gates."""
 
     graph_path: Path
     names: list[str]
     placeholder_bytes: int
+    parameters: dict[str, str] | None = None
+    fixed: dict[str, list[str]] | None = None
+    gates: list[tuple[int, int]] | None = None
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -235,13 +250,42 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+class GatedRatio:
+    """One ratio served by the shared gated int8 graph: its gates and quantization parameters
+    bound to the session once, so a frame binds only its image."""
+
+    def __init__(self, session: ort.InferenceSession, values: dict[str, ort.OrtValue],
+                 input_size: tuple[int, int]) -> None:
+        self._session = session
+        self._binding = session.io_binding()
+        for name, value in values.items():
+            self._binding.bind_ortvalue_input(name, value)
+        self._lock = threading.Lock()         # a binding holds one run's input and output
+        self.run(np.zeros((1, 3, *input_size), np.float32))    # warm up, as `_session` does
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self._binding.bind_cpu_input(INPUT_NAME, x)
+            self._binding.clear_binding_outputs()    # else the last run's shape is kept
+            self._binding.bind_output(OUTPUT_NAME)
+            self._session.run_with_iobinding(self._binding)
+            return self._binding.copy_outputs_to_cpu()[0]
+
+
 @dataclass(frozen=True)
 class _Graph:
-    """One loaded ratio graph: its session and what it was built for."""
+    """One loaded ratio graph: its session (or its ratio of the gated int8 graph) and what it
+    was built for."""
 
     masks: Masks
     ratio: Ratio
     session: ort.InferenceSession
+    gated: GatedRatio | None = None
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        if self.gated is not None:
+            return self.gated.run(x)
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
 
 
 class OnnxRuntimeEngine(InferenceEngine):
@@ -254,7 +298,9 @@ class OnnxRuntimeEngine(InferenceEngine):
     pick (one thread per core); ``spinning`` lets idle intra-op threads busy-wait for work
     (ONNX Runtime's default: faster on idle cores, slower when another process needs them; see
     bench/bench_threading.py). ``precision`` 'int8' quantizes every graph statically
-    (`int8_quantization`), calibrated on ``calibration``, which then keys the cache too.
+    (`int8_quantization`), calibrated on ``calibration``, which then keys the cache too; with
+    ``share_int8_graph`` every int8 ratio that can is served by one gated graph
+    (`int8_gating`: one copy of the packed weights instead of one per ratio, ~1.2x slower).
 
     ``model`` may be None and ``model_loader`` a function that loads it: with a ``serving`` record
     that knows the ratios' masks and graph keys, cached graphs are then served without the model
@@ -269,7 +315,7 @@ class OnnxRuntimeEngine(InferenceEngine):
                  keep_ratio: Ratio = 1.0, cache_dir: str | Path | None = None,
                  device: str = 'cpu', intra_op_threads: int = 0, spinning: bool = True,
                  background_ratios: Iterable[Ratio] = (), precision: str = 'fp32',
-                 calibration: CalibrationSet | None = None,
+                 calibration: CalibrationSet | None = None, share_int8_graph: bool = True,
                  serving: ServingRecord | None = None,
                  model_loader: Callable[[], SkippableResNet] | None = None) -> None:
         if precision not in PRECISIONS:
@@ -301,7 +347,8 @@ class OnnxRuntimeEngine(InferenceEngine):
                      'input_size': self.input_size, 'onnxruntime': ort.__version__,
                      'opset': OPSET, 'cpu': _cpu_signature(), 'offline': self._offline_level}
         if self.calibration is not None:     # fp32 keys stay as they were
-            key_parts.update(precision=precision, calibration=self.calibration.key)
+            key_parts.update(precision=precision, calibration=self.calibration.key,
+                             int8_format=_INT8_FORMAT_VERSION)
         self.cache_dir = base / content_digest(key_parts)[:16]
         self._graph_dir = self.cache_dir / 'graphs'
         self._weight_dir = self.cache_dir / 'weights'
@@ -321,6 +368,9 @@ class OnnxRuntimeEngine(InferenceEngine):
         # ratio -> (policy, masks): a switch is a look-up; a new model policy invalidates it.
         self._mask_cache: dict[Ratio, tuple[object, Masks]] = {}
         self._worker: BuildWorker | None = BuildWorker()
+        # int8: the graph all ratios share (entry, session), or why there is none.
+        self._gated: tuple[_Entry, ort.InferenceSession] | None = None
+        self._gated_error: str | None = None if share_int8_graph else 'turned off'
         self._closed = False
 
         self.prepare([keep_ratio, *ratios])
@@ -389,8 +439,7 @@ class OnnxRuntimeEngine(InferenceEngine):
             self._requested = ratio
             graph = self._graphs.get(masks)
             if graph is not None:
-                self._active = graph if graph.ratio == ratio else _Graph(
-                    masks, ratio, graph.session)
+                self._active = graph if graph.ratio == ratio else replace(graph, ratio=ratio)
                 return
             if masks in self._pending:
                 return
@@ -406,7 +455,7 @@ class OnnxRuntimeEngine(InferenceEngine):
             raise ValueError(
                 f'batch must be Nx3x{self.input_size[0]}x{self.input_size[1]}, got {x.shape!r}')
         graph = self._active     # one read: the build thread may switch it meanwhile
-        return graph.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], graph.ratio
+        return graph.run(x), graph.ratio
 
     def close(self) -> None:
         """Drop the sessions; queued builds are cancelled, one in flight is not waited for."""
@@ -424,8 +473,12 @@ class OnnxRuntimeEngine(InferenceEngine):
             self._weights.clear()
 
     def status(self) -> dict[str, Any]:
-        """For /diagnostics: active, requested, pending and ready ratios, build errors, cache."""
+        """For /diagnostics: active, requested, pending and ready ratios, build errors, cache;
+        int8: the ratios the shared gated graph serves, or why it serves none."""
         with self._lock:
+            shared = {} if self.precision != 'int8' else {'int8_shared_graph': {
+                'ratios': [g.ratio for g in self._graphs.values() if g.gated is not None],
+                'error': self._gated_error}}
             return {'engine': self.name,
                     'active_ratio': self._active.ratio,
                     'requested_ratio': self._requested,
@@ -437,7 +490,7 @@ class OnnxRuntimeEngine(InferenceEngine):
                     'precision': self.precision,
                     'torch_model_loaded': self._model is not None,
                     'providers': list(self.providers),
-                    'cache_dir': str(self.cache_dir)}
+                    'cache_dir': str(self.cache_dir), **shared}
 
     # -- building ----------------------------------------------------------------------------
     def prepare(self, ratios: Iterable[Ratio]) -> None:
@@ -521,7 +574,7 @@ class OnnxRuntimeEngine(InferenceEngine):
                 return
             self._graphs.setdefault(masks, graph)
             if self._requested == ratio or self._masks(self._requested) == masks:
-                self._active = _Graph(masks, self._requested, graph.session)
+                self._active = replace(graph, ratio=self._requested)
 
     def _graph_key(self, masks: Masks, ratio: Ratio) -> str:
         """Skip masks + the BN statistics used at them: from the serving record when it has
@@ -534,23 +587,91 @@ class OnnxRuntimeEngine(InferenceEngine):
         return content_digest([list(m) for m in masks], bn_digest(self.model, ratio))[:16]
 
     def _load_or_build(self, masks: Masks, ratio: Ratio) -> _Graph:
-        """The graph of ``masks`` from the cache, verified; else (or if it fails) built."""
+        """The graph of ``masks`` from the cache, verified; else (or if it fails) built. An
+        int8 ratio is served by the gated graph when it can be, else by a session of its own."""
+        def load(rebuild: bool) -> _Graph:
+            entry = self._entry(masks, ratio, rebuild)
+            gated = self._gated_graph() if self.precision == 'int8' else None
+            values = gated and self._gated_values(gated[0], entry, masks)
+            if gated is not None and values is not None:
+                return _Graph(masks, ratio, gated[1],
+                              GatedRatio(gated[1], values, self.input_size))
+            return _Graph(masks, ratio, self._session(entry))
+        with self._build_lock:
+            return _healed(load)
+
+    def _entry(self, masks: Masks, ratio: Ratio, rebuild: bool = False) -> _Entry:
+        """The cache entry of ``masks``: read and verified (CorruptEntry), or built if missing
+        or ``rebuild``. Under ``_build_lock``."""
         key = self._graph_key(masks, ratio)
         index_path = self._graph_dir / f'{key}.json'
-        with self._build_lock:
-            graph = None
-            if index_path.exists():
-                try:
-                    entry = self._read_entry(index_path, key, masks)
-                    graph = _Graph(masks, ratio, self._session(entry))
-                except CorruptEntry as e:
-                    warn_corrupt(e)
-            if graph is None:
-                entry = self._build(masks, ratio, index_path)
-                graph = _Graph(masks, ratio, self._session(entry))
+        if not rebuild and index_path.exists():
+            entry = self._read_entry(index_path, key, masks)
+        else:
+            entry = self._build(masks, ratio, index_path)
         if self.serving is not None:
             self.serving.add(ratio, masks, key)
-        return graph
+        return entry
+
+    # -- the gated int8 graph (int8_gating) ---------------------------------------------------
+    def _gated_graph(self) -> tuple[_Entry, ort.InferenceSession] | None:
+        """The int8 graph every ratio can share, made from keep ratio 1's graph on first use;
+        None (logged once) if this model's graphs cannot share one. Under ``_build_lock``."""
+        if self._gated is not None or self._gated_error is not None:
+            return self._gated
+        try:
+            full = self._masks(1.0)
+            if not all(all(stage) for stage in full):
+                raise ValueError('keep ratio 1 does not run every block under this skip policy')
+
+            def load(rebuild: bool) -> tuple[_Entry, ort.InferenceSession]:
+                full_entry = self._entry(full, 1.0, rebuild)
+                key = f'gated-{self._graph_key(full, 1.0)}'
+                index_path = self._graph_dir / f'{key}.json'
+                if not rebuild and index_path.exists():
+                    entry = self._read_entry(index_path, key, full)
+                else:
+                    entry = self._build_gated(full_entry, full, index_path)
+                if entry.gates is None or entry.parameters is None or entry.fixed is None:
+                    raise ValueError(f'{index_path} lists no gates or parameters')
+                return entry, self._session(entry, warm_up=False)
+            self._gated = _healed(load)
+        except (ValueError, BackendError) as e:    # BackendError: ratio 1 failed to build
+            self._gated_error = str(e)
+            _LOG.warning('int8 ratios cannot share one graph, each gets its own session: %s', e)
+        return self._gated
+
+    def _build_gated(self, full: _Entry, masks: Masks, index_path: Path) -> _Entry:
+        """The gated graph of `int8_gating` made from the full-mask graph ``full``, cached."""
+        import onnx     # building only
+        from pls_perception.engines.int8_gating import gated_graph
+        from pls_perception.skipping.ratios import STAGE_NAMES
+        if full.parameters is None or full.fixed is None:
+            raise ValueError(f'the graph of keep ratio 1 ({full.graph_path}) lists no '
+                             'per-ratio parameters')
+        _LOG.info('building the int8 graph that serves every keep ratio')
+        model = gated_graph(onnx.load(str(full.graph_path), load_external_data=False),
+                            STAGE_NAMES, [len(stage) for stage in masks])
+        gates = [(s, b) for s, stage in enumerate(masks) for b in range(1, len(stage))]
+        extra = {'gated_from': full.graph_path.stem, 'parameters': full.parameters,
+                 'fixed': full.fixed, 'gates': [list(g) for g in gates]}
+        return self._write_entry(model, index_path, masks, 1.0, extra)
+
+    def _gated_values(self, gated: _Entry, entry: _Entry,
+                      masks: Masks) -> dict[str, ort.OrtValue] | None:
+        """What ``entry``'s ratio binds to the gated graph: its gates and its quantization
+        parameters (the full-mask graph's for blocks it skips); None if its nodes hold other
+        constants (another BatchNorm state) or it lists no parameters."""
+        assert gated.parameters is not None and gated.fixed is not None and gated.gates
+        if entry.parameters is None or entry.fixed is None \
+                or not set(entry.parameters) <= set(gated.parameters) \
+                or any(gated.fixed.get(k) != v for k, v in entry.fixed.items()):
+            return None
+        values = {gate_name(s, b): ort.OrtValue.ortvalue_from_numpy(np.array(masks[s][b]))
+                  for s, b in gated.gates}
+        for name, tensor in {**gated.parameters, **entry.parameters}.items():
+            values[name] = self._shared_weight(tensor)
+        return values
 
     def _read_entry(self, index_path: Path, key: str, masks: Masks) -> _Entry:
         """The cache entry an index describes, index and graph verified (CorruptEntry)."""
@@ -585,7 +706,11 @@ class OnnxRuntimeEngine(InferenceEngine):
             lengths[name] = int(length)
         if set(lengths) != set(names):
             raise CorruptEntry(index_path, "its initializer names are not the graph's")
-        return _Entry(graph_path, names, max(lengths.values(), default=0))
+        parameters, fixed, gates = (index.get(k) for k in ('parameters', 'fixed', 'gates'))
+        if not _optional_gating_fields(parameters, fixed, gates, masks):
+            raise CorruptEntry(index_path, 'malformed int8 parameters, constants or gates')
+        return _Entry(graph_path, names, max(lengths.values(), default=0), parameters, fixed,
+                      None if gates is None else [tuple(g) for g in gates])
 
     def _export(self, ratio: Ratio) -> bytes:
         """The kept blocks (with this ratio's BN statistics) as an ONNX model in memory."""
@@ -608,9 +733,7 @@ class OnnxRuntimeEngine(InferenceEngine):
             return onnx.load(str(out))
 
     def _build(self, masks: Masks, ratio: Ratio, index_path: Path) -> _Entry:
-        """Export + optimise one mask; move its tensors to the weight store; write the graph,
-        then its index (last, so a reader never finds an index without its files)."""
-        from onnx import TensorProto, numpy_helper
+        """Export + optimise (+ quantize) one mask and cache it (`_write_entry`)."""
         _LOG.info('building the %s ONNX graph for keep ratio %r', self.precision, ratio)
         model_bytes = self._export(ratio)
         if self.calibration is not None:
@@ -620,45 +743,74 @@ class OnnxRuntimeEngine(InferenceEngine):
                 model_bytes, self.calibration.images(self.input_size), INPUT_NAME,
                 self.cache_dir)
         model = self._optimize(model_bytes)
+        extra: dict[str, Any] = {'policy': self.model.policy.name,
+                                 'bn_recalibrated': self.model.has_bn_state(ratio)}
+        if self.calibration is not None:
+            from pls_perception.engines.int8_gating import fixed_inputs, ratio_parameters
+            try:
+                extra.update(parameters=ratio_parameters(model.graph),
+                             fixed=fixed_inputs(model.graph))
+            except ValueError as e:
+                _LOG.warning('keep ratio %r cannot share the gated int8 graph: %s', ratio, e)
+        return self._write_entry(model, index_path, masks, ratio, extra)
+
+    def _write_entry(self, model: onnx.ModelProto, index_path: Path, masks: Masks,
+                     ratio: Ratio, extra: dict[str, Any]) -> _Entry:
+        """Move ``model``'s tensors to the weight store (placeholders into it stay as they
+        are), write its graph, then its index with ``extra`` (last, so a reader never finds an
+        index without its files). Tensor names in ``extra``'s parameters and constants are
+        renamed with the tensors."""
+        from onnx import TensorProto, numpy_helper
+
+        from pls_perception.engines.int8_gating import all_nodes
         renames: dict[str, str] = {}
         kept: list[TensorProto] = []
         seen: set[str] = set()
         largest = 0
         for init in model.graph.initializer:
-            array = numpy_helper.to_array(init)
-            name = f'w_{_array_digest(array)}'
+            if init.data_location == TensorProto.EXTERNAL and _WEIGHT_NAME.fullmatch(init.name):
+                nbytes = int({e.key: e.value for e in init.external_data}['length'])
+                name = init.name                 # already in the store (the gated graph's)
+                placeholder = init
+            else:
+                array = numpy_helper.to_array(init)
+                name = f'w_{_array_digest(array)}'
+                nbytes = array.nbytes
+                self._store_weight(name, array)
+                placeholder = TensorProto(name=name, data_type=init.data_type, dims=init.dims,
+                                          data_location=TensorProto.EXTERNAL)
+                for k, v in (('location', _PLACEHOLDER), ('offset', '0'),
+                             ('length', str(nbytes))):
+                    entry = placeholder.external_data.add()
+                    entry.key, entry.value = k, v
             renames[init.name] = name
             if name in seen:
                 continue                     # identical tensor twice in one graph
             seen.add(name)
-            self._store_weight(name, array)
-            placeholder = TensorProto(name=name, data_type=init.data_type, dims=init.dims,
-                                      data_location=TensorProto.EXTERNAL)
-            for k, v in (('location', _PLACEHOLDER), ('offset', '0'),
-                         ('length', str(array.nbytes))):
-                entry = placeholder.external_data.add()
-                entry.key, entry.value = k, v
             kept.append(placeholder)
-            largest = max(largest, array.nbytes)
+            largest = max(largest, nbytes)
         del model.graph.initializer[:]
         model.graph.initializer.extend(kept)
-        for node in model.graph.node:
+        for node in all_nodes(model.graph):
             for i, name in enumerate(node.input):
                 if name in renames:
                     node.input[i] = renames[name]
+        if 'parameters' in extra:
+            extra = {**extra,
+                     'parameters': {k: renames.get(v, v) for k, v in extra['parameters'].items()},
+                     'fixed': {k: [renames.get(n, n) for n in v]
+                               for k, v in extra['fixed'].items()}}
         names = [t.name for t in kept]
         data = model.SerializeToString()
         graph_sha = hashlib.sha256(data).hexdigest()
         graph_path = self._graph_dir / f'{graph_sha}.onnx'
         write_atomic(graph_path, data)
         index = {'key': index_path.stem, 'ratio': ratio, 'masks': [list(m) for m in masks],
-                 'policy': self.model.policy.name, 'input_size': self.input_size,
-                 'precision': self.precision,
-                 'bn_recalibrated': self.model.has_bn_state(ratio), 'graph_sha256': graph_sha,
-                 'initializers': names}
+                 'input_size': self.input_size, 'precision': self.precision,
+                 'graph_sha256': graph_sha, 'initializers': names, **extra}
         index['digest'] = content_digest(index)
         write_atomic(index_path, json.dumps(index).encode())
-        return _Entry(graph_path, names, largest)
+        return self._read_entry(index_path, index_path.stem, masks)
 
     def _weight_path(self, name: str) -> Path:
         """weights/<digest>.npy of a ``w_<digest>`` name (no other name reaches the disk)."""
@@ -708,7 +860,7 @@ class OnnxRuntimeEngine(InferenceEngine):
                 value = self._weights.setdefault(name, value)
         return value
 
-    def _session(self, entry: _Entry) -> ort.InferenceSession:
+    def _session(self, entry: _Entry, warm_up: bool = True) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads
         options.add_session_config_entry('session.intra_op.allow_spinning',
@@ -721,9 +873,38 @@ class OnnxRuntimeEngine(InferenceEngine):
             options.add_initializer(name, self._shared_weight(name))
         self._grow_placeholder(entry.placeholder_bytes)
         session = ort.InferenceSession(str(entry.graph_path), options, providers=self.providers)
-        # Warm up: the first run allocates the arena; do it here, not on a camera frame.
-        session.run([OUTPUT_NAME], {INPUT_NAME: np.zeros((1, 3, *self.input_size), np.float32)})
+        if warm_up:     # the first run allocates the arena: here, not on a camera frame
+            session.run([OUTPUT_NAME],
+                        {INPUT_NAME: np.zeros((1, 3, *self.input_size), np.float32)})
         return session
+
+
+_T = TypeVar('_T')
+
+
+def _healed(load: Callable[[bool], _T]) -> _T:
+    """``load(False)``; if a cache file fails verification, logged, ``load(rebuild=True)``."""
+    try:
+        return load(False)
+    except CorruptEntry as e:
+        warn_corrupt(e)
+    return load(True)
+
+
+def _optional_gating_fields(parameters: object, fixed: object, gates: object,
+                            masks: Masks) -> bool:
+    """Whether an index's int8 fields, where present, are well formed: parameter inputs ->
+    weight names, node -> constants (weight names or ''), gates (stage, block >= 1) in ``masks``."""
+    def weight(name: object) -> bool:
+        return isinstance(name, str) and _WEIGHT_NAME.fullmatch(name) is not None
+    return ((parameters is None or isinstance(parameters, dict) and all(
+                isinstance(k, str) and weight(v) for k, v in parameters.items()))
+            and (fixed is None or isinstance(fixed, dict) and all(
+                isinstance(k, str) and isinstance(v, list)
+                and all(n == '' or weight(n) for n in v) for k, v in fixed.items()))
+            and (gates is None or isinstance(gates, list) and all(
+                isinstance(g, list) and len(g) == 2 and all(type(i) is int for i in g)
+                and 0 <= g[0] < len(masks) and 1 <= g[1] < len(masks[g[0]]) for g in gates)))
 
 
 def warn_corrupt(error: CorruptEntry, what: str = 'ONNX cache file') -> None:

@@ -224,7 +224,8 @@ def _onnx_options(params: Mapping[str, Any], preprocessing: Preprocessing) -> di
     return {'background_ratios': list(params['prebuild_ratios']),
             'cache_dir': params['onnx_cache_dir'] or None,
             'intra_op_threads': params['onnx_threads'], 'spinning': params['onnx_spinning'],
-            'precision': params['precision'], 'calibration': calibration}
+            'precision': params['precision'], 'calibration': calibration,
+            'share_int8_graph': params['int8_shared_graph']}
 
 
 def _emulation_options(params: Mapping[str, Any]) -> dict[str, Any]:

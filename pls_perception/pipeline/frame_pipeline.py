@@ -26,6 +26,11 @@ from pls_perception.engines import InferenceEngine
 from pls_perception.skipping.preprocessing import Preprocessing
 
 
+def _ratios_text(ratios: list) -> str:
+    """Keep ratios for a diagnostics value: '1 0.5', per-stage ones as tuples, or 'none'."""
+    return ' '.join(f'{r:g}' if isinstance(r, float) else str(r) for r in ratios) or 'none'
+
+
 @dataclass(frozen=True)
 class Setpoint:
     """What the next frame runs at. ``freq_mhz == 0`` leaves the processor alone."""
@@ -201,9 +206,12 @@ class FramePipeline:
         })
         status = engine.status()
         pending = status.get('pending_ratios', [])
-        values['engine_pending_ratios'] = ' '.join(f'{r:g}' for r in pending) or 'none'
-        background = status.get('background_ratios', [])
-        values['engine_background_builds'] = ' '.join(f'{r:g}' for r in background) or 'none'
+        values['engine_pending_ratios'] = _ratios_text(pending)
+        values['engine_background_builds'] = _ratios_text(status.get('background_ratios', []))
+        shared = status.get('int8_shared_graph')
+        if shared is not None:
+            values['engine_int8_shared_graph'] = _ratios_text(shared['ratios']) + (
+                f" ({shared['error']})" if shared['error'] else '')
         if pending:
             problems.append(f'building the graph of ratio {status["requested_ratio"]:g}, '
                             f'serving {status["active_ratio"]:g} meanwhile')

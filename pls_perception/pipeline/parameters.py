@@ -116,6 +116,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "precision int8: the CIFAR-10 tarball whose train split calibrates; '' = searched "
         'like the reference weights'),
     ParamSpec(
+        'int8_shared_graph', True,
+        'precision int8: serve every ratio from one gated int8 graph (its weights packed once: '
+        'about 250 MB for a node with ten ratios instead of 540; each frame about 1.2x slower) '
+        'rather than one session per ratio; docs/engines.md'),
+    ParamSpec(
         'prebuild_ratios', list(PREBUILD_RATIOS),
         'onnxruntime engine: keep ratios whose graphs are loaded from the cache (or built) in '
         'the background once keep_ratio\'s graph is ready at configure; a ratio asked for '

@@ -1,6 +1,7 @@
 """precision int8: agreement with fp32 on real images, the cache key, bad calibration input."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +148,89 @@ def test_a_failed_quantization_says_why_and_leaves_no_scratch(tmp_path: Path) ->
     with pytest.raises(BackendError, match=r'int8 quantization failed \(exit 1\): [\w.]+Error: '):
         quantize_in_subprocess(b'not an ONNX model', _images(12), 'input', tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def _own_session_logits(engine: OnnxRuntimeEngine, ratio: float, x: np.ndarray) -> np.ndarray:
+    """What ``ratio``'s own int8 graph (the one it was calibrated in) answers."""
+    entry = engine._entry(engine._masks(ratio), ratio)
+    return engine._session(entry).run(None, {'input': x})[0]
+
+
+def test_all_int8_ratios_share_one_gated_graph_and_answer_as_their_own(
+        small_model: SkippableResNet, tmp_path: Path) -> None:
+    calibration = CalibrationSet.from_arrays(_images(16), 'noise')
+    x = _images(3, seed=1)
+    with _int8(small_model, tmp_path, calibration, ratios=(1.0, 0.5)) as engine:
+        status = engine.status()
+        assert status['int8_shared_graph'] == {'ratios': [1.0, 0.5], 'error': None}
+        sessions = {id(engine._graphs[engine._masks(r)].session) for r in (1.0, 0.5)}
+        assert len(sessions) == 1
+        for ratio in (1.0, 0.5):
+            engine.set_keep_ratio(ratio)
+            ours = engine.infer(x)
+            np.testing.assert_array_equal(ours, _own_session_logits(engine, ratio, x))
+            np.testing.assert_array_equal(engine.infer(x[:1]), ours[:1])    # another batch
+        assert (engine.infer(x) != _own_session_logits(engine, 1.0, x)).any()
+        own = {r: _own_session_logits(engine, r, x) for r in (1.0, 0.5)}
+    with _int8(small_model, tmp_path, calibration, ratios=(1.0, 0.5),
+               share_int8_graph=False) as engine:            # int8_shared_graph: false
+        assert engine.status()['int8_shared_graph'] == {'ratios': [], 'error': 'turned off'}
+        for ratio in (1.0, 0.5):
+            engine.set_keep_ratio(ratio)
+            np.testing.assert_array_equal(engine.infer(x), own[ratio])
+
+
+def test_a_ratio_with_its_own_batchnorm_statistics_keeps_its_own_session(
+        small_model: SkippableResNet, tmp_path: Path) -> None:
+    """Recalibrated statistics fold into other int8 weights: the gated graph cannot run them."""
+    import torch
+    bn = small_model.bn_modules()['layer1.0.bn1']
+    small_model.set_bn_state(0.5, {'layer1.0.bn1': (bn.running_mean + 0.5,
+                                                    bn.running_var * torch.tensor(2.0))})
+    calibration = CalibrationSet.from_arrays(_images(16), 'noise')
+    x = _images(3, seed=1)
+    with _int8(small_model, tmp_path, calibration, ratios=(1.0, 0.5)) as engine:
+        assert engine.status()['int8_shared_graph']['ratios'] == [1.0]
+        engine.set_keep_ratio(0.5)
+        np.testing.assert_array_equal(engine.infer(x), _own_session_logits(engine, 0.5, x))
+
+
+def test_a_damaged_gated_graph_is_logged_and_rebuilt(small_model: SkippableResNet,
+                                                     tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    calibration = CalibrationSet.from_arrays(_images(16), 'noise')
+    x = _images(3, seed=1)
+    with _int8(small_model, tmp_path, calibration, ratios=(0.5,)) as engine:
+        expected = engine.infer(x)
+        (index,) = engine.cache_dir.glob('graphs/gated-*.json')
+    graph = index.parent / f"{json.loads(index.read_text())['graph_sha256']}.onnx"
+    graph.write_bytes(graph.read_bytes()[:-10])
+    with _int8(small_model, tmp_path, calibration, ratios=(0.5,)) as engine:
+        assert engine.status()['int8_shared_graph']['ratios'] == [1.0, 0.5]
+        np.testing.assert_array_equal(engine.infer(x), expected)
+    assert [r.message for r in caplog.records if str(graph) in r.message] != []
+    assert graph.is_file()                                   # written afresh
+
+
+def test_cached_int8_ratios_are_served_without_the_model(small_model: SkippableResNet,
+                                                          tmp_path: Path) -> None:
+    from pls_perception.engines.serving_record import ServedModel, ServingRecord
+    served = ServedModel('small-resnet18', CIFAR10_PREPROCESSING,
+                         tuple(f'c{i}' for i in range(10)), (2, 2, 2, 2), 'proportional')
+    path = ServingRecord.path_for(tmp_path, 'k' * 32)
+    calibration = CalibrationSet.from_arrays(_images(16), 'noise')
+    x = _images(3, seed=1)
+    with _int8(small_model, tmp_path, calibration, ratios=(0.5,),
+               serving=ServingRecord.open(path, served)) as engine:
+        expected = engine.infer(x)
+    loads: list[int] = []
+
+    def loader() -> SkippableResNet:
+        loads.append(1)
+        return small_model
+    with OnnxRuntimeEngine(None, 'small-resnet18', cache_dir=tmp_path, intra_op_threads=1,
+                           precision='int8', calibration=calibration, ratios=(0.5,),
+                           serving=ServingRecord.load(path), model_loader=loader) as engine:
+        assert engine.status()['int8_shared_graph']['ratios'] == [1.0, 0.5]
+        np.testing.assert_array_equal(engine.infer(x), expected)
+    assert loads == []
