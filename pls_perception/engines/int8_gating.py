@@ -55,8 +55,15 @@ def _parameter_slots(graph: Any) -> Iterator[tuple[Any, int, str]]:
 
 
 def ratio_parameters(graph: Any) -> dict[str, str]:
-    """A ratio graph's per-ratio parameters: parameter input name -> the tensor it holds there."""
-    return {name: node.input[slot] for node, slot, name in _parameter_slots(graph)}
+    """A ratio graph's per-ratio parameters: parameter input name -> the tensor it holds there.
+    ValueError if two nodes share a name (their parameters would be one input)."""
+    parameters: dict[str, str] = {}
+    for node, slot, name in _parameter_slots(graph):
+        if name in parameters:
+            raise ValueError(f'two nodes are named {node_key(node)!r}: their parameters would '
+                             'be one input')
+        parameters[name] = node.input[slot]
+    return parameters
 
 
 def fixed_inputs(graph: Any) -> dict[str, list[str]]:
@@ -125,15 +132,11 @@ def gated_graph(model: onnx.ModelProto, stage_names: Sequence[str],
     del graph.node[:]
     graph.node.extend(nodes)
     types = {t.name: (t.data_type, list(t.dims)) for t in graph.initializer}
-    declared = set()
+    ratio_parameters(graph)                  # ValueError if two nodes share a name
     for node, slot, name in list(_parameter_slots(graph)):
         tensor = node.input[slot]
         if tensor not in types:
             raise ValueError(f'{node.name}: parameter {tensor!r} is not a constant')
-        if name in declared:
-            raise ValueError(f'two nodes are named {node_key(node)!r}: their parameters would '
-                             'be one input')
-        declared.add(name)
         node.input[slot] = name
         graph.input.append(helper.make_tensor_value_info(name, *types[tensor]))
     still_used = {i for n in all_nodes(graph) for i in n.input}
