@@ -187,7 +187,7 @@ def gated_cost(graphs: list[dict[str, Any]], gated: dict[str, Any],
     """The engine's gated int8 graph (`int8_gating`, one session, each ratio's gates and
     quantization parameters bound once) against one session per ratio: memory each adds to a
     process holding the weights, latency per ratio (interleaved), largest logit difference."""
-    from pls_perception.engines.int8_gating import gate_name
+    from pls_perception.engines.int8_gating import ratio_inputs
     from pls_perception.engines.onnxruntime_engine import GatedRatio
     weights: dict[str, ort.OrtValue] = {}
     for index in [*graphs, gated]:
@@ -203,11 +203,10 @@ def gated_cost(graphs: list[dict[str, Any]], gated: dict[str, Any],
     session = _session(gated, gated['graph'], weights, warm_up=False)
     runners = {}
     for g in graphs:
-        masks = g['masks']
-        values = {gate_name(s, b): ort.OrtValue.ortvalue_from_numpy(np.array(masks[s][b]))
-                  for s, b in gated['gates']}
-        for name, tensor in {**gated['parameters'], **g['parameters']}.items():
-            values[name] = weights[tensor]
+        gates, parameters = ratio_inputs(g['masks'], gated['parameters'], g['parameters'])
+        values = {**{name: ort.OrtValue.ortvalue_from_numpy(np.array(run))
+                     for name, run in gates.items()},
+                  **{name: weights[tensor] for name, tensor in parameters.items()}}
         runners[g['ratio']] = GatedRatio(session, values, (32, 32))
     gated_mb = rss_mb() - before
     batch = np.random.default_rng(1).standard_normal((64, 3, 32, 32)).astype(np.float32)
@@ -221,7 +220,7 @@ def gated_cost(graphs: list[dict[str, Any]], gated: dict[str, Any],
                 _median_ms(lambda: plain[r].run(None, {'input': _X}), repeats))
             latency[r]['gated_ms'].append(_median_ms(lambda: runners[r].run(_X), repeats))
     return {'per_ratio_sessions_mb': plain_mb, 'gated_session_mb': gated_mb,
-            'gates': len(gated['gates']), 'parameter_inputs': len(gated['parameters']),
+            'gates': len(gates), 'parameter_inputs': len(gated['parameters']),
             'max_abs_diff': diff,
             'latency': {r: {k: float(np.median(v)) for k, v in t.items()}
                         for r, t in latency.items()}}

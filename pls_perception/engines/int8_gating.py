@@ -19,11 +19,13 @@ serve one.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import onnx
+
+    from pls_perception.skipping.ratios import Masks
 
 # Input slots that per-ratio calibration changes, by operator (weights and their scales do not).
 RATIO_SLOTS = {'QLinearConv': (1, 2, 6, 7, 8), 'QLinearAdd': (1, 2, 4, 5, 6, 7),
@@ -85,6 +87,21 @@ def gate_name(stage: int, block: int) -> str:
     return f'{GATE_PREFIX}{stage}/{block}'
 
 
+def gated_blocks(depths: Iterable[int]) -> list[tuple[int, int]]:
+    """(stage, block) of every block the gated graph can skip: all but the first of a stage."""
+    return [(s, b) for s, depth in enumerate(depths) for b in range(1, depth)]
+
+
+def ratio_inputs(masks: Masks, defaults: dict[str, str],
+                 parameters: dict[str, str]) -> tuple[dict[str, bool], dict[str, str]]:
+    """What a ratio with ``masks`` binds to the gated graph: gate name -> run the block, and
+    parameter input -> tensor: its own ``parameters``, ``defaults`` (the full-mask graph's) for
+    the blocks it skips."""
+    gates = {gate_name(s, b): bool(masks[s][b])
+             for s, b in gated_blocks(len(stage) for stage in masks)}
+    return gates, {**defaults, **parameters}
+
+
 def gated_graph(model: onnx.ModelProto, stage_names: Sequence[str],
                 depths: Sequence[int]) -> onnx.ModelProto:
     """``model`` (the full-mask int8 graph) with block b >= 1 of each stage run only when the
@@ -100,35 +117,35 @@ def gated_graph(model: onnx.ModelProto, stage_names: Sequence[str],
     graph = gated.graph
     constants = {t.name for t in graph.initializer}
     nodes = list(graph.node)
-    for s, (stage, depth) in enumerate(zip(stage_names, depths)):
-        for b in range(1, depth):
-            prefix = f'/{stage}/{stage}.{b}/'
-            block = [n for n in nodes if n.name.startswith(prefix)]
-            made = {o for n in block for o in n.output}
-            rest = [n for n in nodes if not n.name.startswith(prefix)]
-            used = {i for n in rest for i in n.input} | {o.name for o in graph.output}
-            inputs = {i for n in block for i in n.input if i and i not in made | constants}
-            outputs = made & used
-            if not block or len(inputs) != 1 or len(outputs) != 1:
-                raise ValueError(f'block {prefix} is not one subgraph with one input and output')
-            (x,), (y,) = inputs, outputs
-            then_nodes = []
-            for n in block:
-                copy = onnx.NodeProto()
-                copy.CopyFrom(n)
-                copy.output[:] = [f'{o}/then' if o == y else o for o in n.output]
-                then_nodes.append(copy)
-            gate = gate_name(s, b)
-            branches = {
-                'then_branch': helper.make_graph(then_nodes, f'{gate}/then', [], [
-                    helper.make_tensor_value_info(f'{y}/then', TensorProto.UINT8, None)]),
-                'else_branch': helper.make_graph(
-                    [helper.make_node('Identity', [x], [f'{y}/else'])], f'{gate}/else', [],
-                    [helper.make_tensor_value_info(f'{y}/else', TensorProto.UINT8, None)])}
-            at = nodes.index(block[0])
-            nodes = [*rest[:at], helper.make_node('If', [gate], [y], name=f'{prefix}If',
-                                                  **branches), *rest[at:]]
-            graph.input.append(helper.make_tensor_value_info(gate, TensorProto.BOOL, []))
+    for s, b in gated_blocks(depths):
+        stage = stage_names[s]
+        prefix = f'/{stage}/{stage}.{b}/'
+        block = [n for n in nodes if n.name.startswith(prefix)]
+        made = {o for n in block for o in n.output}
+        rest = [n for n in nodes if not n.name.startswith(prefix)]
+        used = {i for n in rest for i in n.input} | {o.name for o in graph.output}
+        inputs = {i for n in block for i in n.input if i and i not in made | constants}
+        outputs = made & used
+        if not block or len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(f'block {prefix} is not one subgraph with one input and output')
+        (x,), (y,) = inputs, outputs
+        then_nodes = []
+        for n in block:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(n)
+            copy.output[:] = [f'{o}/then' if o == y else o for o in n.output]
+            then_nodes.append(copy)
+        gate = gate_name(s, b)
+        branches = {
+            'then_branch': helper.make_graph(then_nodes, f'{gate}/then', [], [
+                helper.make_tensor_value_info(f'{y}/then', TensorProto.UINT8, None)]),
+            'else_branch': helper.make_graph(
+                [helper.make_node('Identity', [x], [f'{y}/else'])], f'{gate}/else', [],
+                [helper.make_tensor_value_info(f'{y}/else', TensorProto.UINT8, None)])}
+        at = nodes.index(block[0])
+        nodes = [*rest[:at], helper.make_node('If', [gate], [y], name=f'{prefix}If',
+                                              **branches), *rest[at:]]
+        graph.input.append(helper.make_tensor_value_info(gate, TensorProto.BOOL, []))
     del graph.node[:]
     graph.node.extend(nodes)
     types = {t.name: (t.data_type, list(t.dims)) for t in graph.initializer}

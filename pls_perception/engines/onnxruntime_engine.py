@@ -87,7 +87,7 @@ import onnxruntime as ort
 
 from pls_perception.engines.base import InferenceEngine, check_batch
 from pls_perception.engines.build_worker import BuildWorker
-from pls_perception.engines.int8_gating import gate_name
+from pls_perception.engines.int8_gating import ratio_inputs
 from pls_perception.engines.int8_quantization import (PRECISIONS, CalibrationSet,
                                                       quantize_in_subprocess)
 from pls_perception.engines.onnx_wire import initializers
@@ -227,14 +227,13 @@ def read_capped(path: Path, limit: int) -> bytes:
 class _Entry:
     """A verified cache entry: the graph file, its initializer names, the placeholder size;
     int8 graphs also list their per-ratio parameters and their nodes' constants
-    (`int8_gating`), and the gated graph its gates."""
+    (`int8_gating`)."""
 
     graph_path: Path
     names: list[str]
     placeholder_bytes: int
     parameters: dict[str, str] | None = None
     fixed: dict[str, list[str]] | None = None
-    gates: list[tuple[int, int]] | None = None
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -632,8 +631,8 @@ class OnnxRuntimeEngine(InferenceEngine):
                     entry = self._read_entry(index_path, key, full)
                 else:
                     entry = self._build_gated(full_entry, full, index_path)
-                if entry.gates is None or entry.parameters is None or entry.fixed is None:
-                    raise ValueError(f'{index_path} lists no gates or parameters')
+                if entry.parameters is None or entry.fixed is None:
+                    raise ValueError(f'{index_path} lists no parameters')
                 return entry, self._session(entry, warm_up=False)
             self._gated = _healed(load)
         except (ValueError, BackendError) as e:    # BackendError: ratio 1 failed to build
@@ -652,9 +651,8 @@ class OnnxRuntimeEngine(InferenceEngine):
         _LOG.info('building the int8 graph that serves every keep ratio')
         model = gated_graph(onnx.load(str(full.graph_path), load_external_data=False),
                             STAGE_NAMES, [len(stage) for stage in masks])
-        gates = [(s, b) for s, stage in enumerate(masks) for b in range(1, len(stage))]
         extra = {'gated_from': full.graph_path.stem, 'parameters': full.parameters,
-                 'fixed': full.fixed, 'gates': [list(g) for g in gates]}
+                 'fixed': full.fixed}
         return self._write_entry(model, index_path, masks, 1.0, extra)
 
     def _gated_values(self, gated: _Entry, entry: _Entry,
@@ -662,16 +660,15 @@ class OnnxRuntimeEngine(InferenceEngine):
         """What ``entry``'s ratio binds to the gated graph: its gates and its quantization
         parameters (the full-mask graph's for blocks it skips); None if its nodes hold other
         constants (another BatchNorm state) or it lists no parameters."""
-        assert gated.parameters is not None and gated.fixed is not None and gated.gates
+        assert gated.parameters is not None and gated.fixed is not None
         if entry.parameters is None or entry.fixed is None \
                 or not set(entry.parameters) <= set(gated.parameters) \
                 or any(gated.fixed.get(k) != v for k, v in entry.fixed.items()):
             return None
-        values = {gate_name(s, b): ort.OrtValue.ortvalue_from_numpy(np.array(masks[s][b]))
-                  for s, b in gated.gates}
-        for name, tensor in {**gated.parameters, **entry.parameters}.items():
-            values[name] = self._shared_weight(tensor)
-        return values
+        gates, parameters = ratio_inputs(masks, gated.parameters, entry.parameters)
+        return {**{name: ort.OrtValue.ortvalue_from_numpy(np.array(run))
+                   for name, run in gates.items()},
+                **{name: self._shared_weight(tensor) for name, tensor in parameters.items()}}
 
     def _read_entry(self, index_path: Path, key: str, masks: Masks) -> _Entry:
         """The cache entry an index describes, index and graph verified (CorruptEntry)."""
@@ -706,11 +703,10 @@ class OnnxRuntimeEngine(InferenceEngine):
             lengths[name] = int(length)
         if set(lengths) != set(names):
             raise CorruptEntry(index_path, "its initializer names are not the graph's")
-        parameters, fixed, gates = (index.get(k) for k in ('parameters', 'fixed', 'gates'))
-        if not _optional_gating_fields(parameters, fixed, gates, masks):
-            raise CorruptEntry(index_path, 'malformed int8 parameters, constants or gates')
-        return _Entry(graph_path, names, max(lengths.values(), default=0), parameters, fixed,
-                      None if gates is None else [tuple(g) for g in gates])
+        parameters, fixed = index.get('parameters'), index.get('fixed')
+        if not _optional_gating_fields(parameters, fixed):
+            raise CorruptEntry(index_path, 'malformed int8 parameters or constants')
+        return _Entry(graph_path, names, max(lengths.values(), default=0), parameters, fixed)
 
     def _export(self, ratio: Ratio) -> bytes:
         """The kept blocks (with this ratio's BN statistics) as an ONNX model in memory."""
@@ -810,7 +806,7 @@ class OnnxRuntimeEngine(InferenceEngine):
                  'graph_sha256': graph_sha, 'initializers': names, **extra}
         index['digest'] = content_digest(index)
         write_atomic(index_path, json.dumps(index).encode())
-        return self._read_entry(index_path, index_path.stem, masks)
+        return _Entry(graph_path, names, largest, extra.get('parameters'), extra.get('fixed'))
 
     def _weight_path(self, name: str) -> Path:
         """weights/<digest>.npy of a ``w_<digest>`` name (no other name reaches the disk)."""
@@ -891,20 +887,16 @@ def _healed(load: Callable[[bool], _T]) -> _T:
     return load(True)
 
 
-def _optional_gating_fields(parameters: object, fixed: object, gates: object,
-                            masks: Masks) -> bool:
+def _optional_gating_fields(parameters: object, fixed: object) -> bool:
     """Whether an index's int8 fields, where present, are well formed: parameter inputs ->
-    weight names, node -> constants (weight names or ''), gates (stage, block >= 1) in ``masks``."""
+    weight names, node -> constants (weight names or '')."""
     def weight(name: object) -> bool:
         return isinstance(name, str) and _WEIGHT_NAME.fullmatch(name) is not None
     return ((parameters is None or isinstance(parameters, dict) and all(
                 isinstance(k, str) and weight(v) for k, v in parameters.items()))
             and (fixed is None or isinstance(fixed, dict) and all(
                 isinstance(k, str) and isinstance(v, list)
-                and all(n == '' or weight(n) for n in v) for k, v in fixed.items()))
-            and (gates is None or isinstance(gates, list) and all(
-                isinstance(g, list) and len(g) == 2 and all(type(i) is int for i in g)
-                and 0 <= g[0] < len(masks) and 1 <= g[1] < len(masks[g[0]]) for g in gates)))
+                and all(n == '' or weight(n) for n in v) for k, v in fixed.items())))
 
 
 def warn_corrupt(error: CorruptEntry, what: str = 'ONNX cache file') -> None:
