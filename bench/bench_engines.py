@@ -64,7 +64,8 @@ def _onnx_engine(loaded: LoadedModel, args: argparse.Namespace, ratios: list[flo
 def _latencies(loaded: LoadedModel, engine: OnnxRuntimeEngine, int8: OnnxRuntimeEngine,
                int8_per_ratio: OnnxRuntimeEngine, ratios: list[float],
                repeats: int) -> dict[str, dict[float, float]]:
-    """Median bs=1 latency (ms) per engine and ratio, measured round-robin."""
+    """Median bs=1 latency (ms) per engine and ratio, measured round-robin in a rotating
+    order."""
     eager = TorchEngine(loaded.model)
     pruned = {r: physically_pruned_copy(loaded.model, r).eval() for r in ratios}
     x = np.random.default_rng(0).standard_normal((1, 3, *engine.input_size)).astype(np.float32)
@@ -88,9 +89,13 @@ def _latencies(loaded: LoadedModel, engine: OnnxRuntimeEngine, int8: OnnxRuntime
         for ratio in ratios:
             select(ratio)
             run(ratio)
-    for _ in tqdm(range(repeats), desc='latency rounds'):
+    order = list(runners.items())
+    for i in tqdm(range(repeats), desc='latency rounds'):
+        # rotated each round: the engine right after torch (which evicts ONNX Runtime's code
+        # and data from the caches) pays for it, so no engine always comes first
+        rotated = order[i % len(order):] + order[:i % len(order)]
         for ratio in ratios:
-            for name, (select, run) in runners.items():
+            for name, (select, run) in rotated:
                 select(ratio)
                 start = time.perf_counter()
                 run(ratio)

@@ -11,8 +11,8 @@ to the process (weights shared via ``add_initializer``, as in the engine) with p
 off, and the r = 1 latency each way.
 
 Third, the way round it that the engine takes (`pls_perception.engines.int8_gating`): one int8
-graph for every ratio, the r = 1 graph with each skippable block behind an ``If`` and each
-ratio's quantization parameters (activation scales and zero points, int32 biases) as inputs,
+graph for every ratio, the r = 1 graph with each run of blocks that the ten profile ratios skip
+together behind an ``If`` (as a node serving them has it) and each ratio's quantization parameters (activation scales and zero points, int32 biases) as inputs,
 bound once per ratio with an IOBinding. Measured against one session per ratio: the memory each
 adds to a process that already holds the weights, the latency per ratio (interleaved rounds), and
 the largest logit difference (each ratio computes what its own graph does).
@@ -54,16 +54,17 @@ _DTYPES = {np.dtype(np.float32): _ONNX_FLOAT, np.dtype(np.uint8): _ONNX_UINT8,
 
 
 def _graphs(cache_dir: Path | None) -> list[dict[str, Any]]:
-    """The int8 graphs of r = 1 and 0.5 (built on first use), then the gated graph: index
-    entries with their paths."""
+    """The int8 graphs of r = 1 and 0.5, then the gated graph cut for the profile ratios (all
+    built on first use, as a node serving them does): index entries with their paths."""
     from pls_perception import paths
     from pls_perception.engines.int8_quantization import (DEFAULT_CALIBRATION_IMAGES,
                                                           CalibrationSet)
     from pls_perception.engines.onnxruntime_engine import OnnxRuntimeEngine
+    from pls_perception.skipping.ratios import PROFILE_RATIOS
     from pls_perception.skipping.weights import load_model
     loaded = load_model(str(paths.reference_weights()))
     calibration = CalibrationSet.from_cifar10(DEFAULT_CALIBRATION_IMAGES, loaded.preprocessing)
-    engine = OnnxRuntimeEngine.from_loaded(loaded, cache_dir=cache_dir, ratios=(1.0, 0.5),
+    engine = OnnxRuntimeEngine.from_loaded(loaded, cache_dir=cache_dir, ratios=PROFILE_RATIOS,
                                            precision='int8', calibration=calibration,
                                            intra_op_threads=1)
     engine.close()
@@ -71,7 +72,8 @@ def _graphs(cache_dir: Path | None) -> list[dict[str, Any]]:
     for index in indexes:
         index['graph'] = str(engine.cache_dir / 'graphs' / f"{index['graph_sha256']}.onnx")
         index['weights'] = str(engine.cache_dir / 'weights')
-    return sorted(indexes, key=lambda i: (i['key'].startswith('gated-'), -i['ratio']))
+    return sorted((i for i in indexes if i['ratio'] in (1.0, 0.5)),
+                  key=lambda i: (i['key'].startswith('gated-'), -i['ratio']))
 
 
 def _weight(index: dict[str, Any], name: str) -> np.ndarray:
@@ -203,7 +205,8 @@ def gated_cost(graphs: list[dict[str, Any]], gated: dict[str, Any],
     session = _session(gated, gated['graph'], weights, warm_up=False)
     runners = {}
     for g in graphs:
-        gates, parameters = ratio_inputs(g['masks'], gated['parameters'], g['parameters'])
+        gates, parameters = ratio_inputs(g['masks'], [tuple(r) for r in gated['runs']],
+                                         gated['inputs'], gated['parameters'], g['parameters'])
         values = {**{name: ort.OrtValue.ortvalue_from_numpy(np.array(run))
                      for name, run in gates.items()},
                   **{name: weights[tensor] for name, tensor in parameters.items()}}
@@ -220,7 +223,7 @@ def gated_cost(graphs: list[dict[str, Any]], gated: dict[str, Any],
                 _median_ms(lambda: plain[r].run(None, {'input': _X}), repeats))
             latency[r]['gated_ms'].append(_median_ms(lambda: runners[r].run(_X), repeats))
     return {'per_ratio_sessions_mb': plain_mb, 'gated_session_mb': gated_mb,
-            'gates': len(gates), 'parameter_inputs': len(gated['parameters']),
+            'gates': len(gates), 'parameter_inputs': len(set(gated['inputs'].values())),
             'max_abs_diff': diff,
             'latency': {r: {k: float(np.median(v)) for k, v in t.items()}
                         for r, t in latency.items()}}

@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 # Field numbers in onnx.proto: ModelProto.graph, GraphProto.initializer, TensorProto.name,
-# TensorProto.external_data, StringStringEntryProto.key / .value.
+# TensorProto.external_data, StringStringEntryProto.key / .value, GraphProto.node,
+# NodeProto.attribute, AttributeProto.g / .graphs.
 _MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_NAME, _TENSOR_EXTERNAL = 7, 5, 8, 13
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
+_GRAPH_NODE, _NODE_ATTRIBUTE, _ATTRIBUTE_GRAPH, _ATTRIBUTE_GRAPHS = 1, 5, 6, 11
+_MAX_GRAPH_DEPTH = 4        # If branches in the main graph are depth 1
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 
 
@@ -65,14 +68,28 @@ def _text(data: memoryview) -> str:
     return bytes(data).decode()     # UnicodeDecodeError is a ValueError
 
 
+def _tensors(graph: memoryview, depth: int = 0) -> Iterator[memoryview]:
+    """The initializers of ``graph`` and of the graphs its nodes hold (``If`` branches)."""
+    if depth > _MAX_GRAPH_DEPTH:
+        raise ValueError(f'graphs nested deeper than {_MAX_GRAPH_DEPTH}')
+    yield from _submessages(graph, _GRAPH_INITIALIZER)
+    for node in _submessages(graph, _GRAPH_NODE):
+        for attribute in _submessages(node, _NODE_ATTRIBUTE):
+            for field, wire, value in _fields(attribute):
+                if field in (_ATTRIBUTE_GRAPH, _ATTRIBUTE_GRAPHS):
+                    if wire != _LENGTH:
+                        raise ValueError(f'attribute field {field} is not a graph')
+                    yield from _tensors(value, depth + 1)  # type: ignore[arg-type]
+
+
 def initializers(model: bytes) -> dict[str, dict[str, str]]:
     """Initializer name -> its external_data entries (location, offset, length), of a
-    serialized ModelProto. ValueError for bytes that are not one."""
+    serialized ModelProto, subgraphs' included. ValueError for bytes that are not one."""
     graphs = list(_submessages(memoryview(model), _MODEL_GRAPH))
     if len(graphs) != 1:
         raise ValueError(f'a model has one graph, this has {len(graphs)}')
     found: dict[str, dict[str, str]] = {}
-    for tensor in _submessages(graphs[0], _GRAPH_INITIALIZER):
+    for tensor in _tensors(graphs[0]):
         name, external = '', {}
         for field, wire, value in _fields(tensor):
             if field == _TENSOR_NAME and wire == _LENGTH:

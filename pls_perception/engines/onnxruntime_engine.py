@@ -23,8 +23,9 @@ Cache layout (``cache_dir``: argument, else $PLS_ONNX_CACHE, else ~/.cache/pls_p
         graphs/<graph_key>.json       index: key, masks, ratio, policy, the graph's digest, the
                                       initializer names (int8: also the per-ratio parameters and
                                       each node's constants), and the digest of all that
-        graphs/gated-<key>.json       int8: index of the gated graph every ratio shares, made from
-                                      ratio 1's graph <key> (`int8_gating`)
+        graphs/gated-<key>-<runs>.json  int8: index of the gated graph every ratio shares, made
+                                      from ratio 1's graph <key> and gated for the engine's
+                                      ratios (<runs>: a digest of its gated runs; `int8_gating`)
         graphs/<sha256>.onnx          graph-only model (initializers are placeholders)
         graphs/placeholder.bin        sparse file the placeholders point at (never read)
         weights/<sha256>.npy          one file per distinct tensor, shared by every graph
@@ -45,7 +46,10 @@ however many ratios share it: a warm load reads and hashes the weights once.
 
 int8 sessions cannot share their weights: each packs them for its kernels. So every int8 ratio
 is served, where it can be, by one gated graph (`int8_gating`) whose quantization parameters are
-inputs, bound per ratio once (`GatedRatio`): one packed copy of the weights for all ratios.
+inputs, bound per ratio once (`GatedRatio`): one packed copy of the weights for all ratios. Its
+gates are cut for the ratios the engine is given (``keep_ratio``, ``ratios``,
+``background_ratios``); another ratio is served by it if the gates can skip what it skips, else
+by a session of its own.
 
 Switching ratio is a dictionary look-up under a lock. A ratio whose graph is not loaded yet is
 built on a background thread while the previous ratio keeps serving; `status()` says so.
@@ -87,7 +91,7 @@ import onnxruntime as ort
 
 from pls_perception.engines.base import InferenceEngine, check_batch
 from pls_perception.engines.build_worker import BuildWorker
-from pls_perception.engines.int8_gating import ratio_inputs
+from pls_perception.engines.int8_gating import Run, gated_runs, ratio_inputs
 from pls_perception.engines.int8_quantization import (PRECISIONS, CalibrationSet,
                                                       quantize_in_subprocess)
 from pls_perception.engines.onnx_wire import initializers
@@ -226,14 +230,15 @@ def read_capped(path: Path, limit: int) -> bytes:
 @dataclass(frozen=True)
 class _Entry:
     """A verified cache entry: the graph file, its initializer names, the placeholder size;
-    int8 graphs also list their per-ratio parameters and their nodes' constants
-    (`int8_gating`)."""
+    int8 graphs also list their per-ratio parameters and their nodes' constants, the gated
+    graph the input each parameter is read from (`int8_gating`)."""
 
     graph_path: Path
     names: list[str]
     placeholder_bytes: int
     parameters: dict[str, str] | None = None
     fixed: dict[str, list[str]] | None = None
+    inputs: dict[str, str] | None = None
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -298,8 +303,9 @@ class OnnxRuntimeEngine(InferenceEngine):
     (ONNX Runtime's default: faster on idle cores, slower when another process needs them; see
     bench/bench_threading.py). ``precision`` 'int8' quantizes every graph statically
     (`int8_quantization`), calibrated on ``calibration``, which then keys the cache too; with
-    ``share_int8_graph`` every int8 ratio that can is served by one gated graph
-    (`int8_gating`: one copy of the packed weights instead of one per ratio, ~1.2x slower).
+    ``share_int8_graph`` every int8 ratio that can is served by one gated graph, gated for
+    ``keep_ratio``, ``ratios`` and ``background_ratios`` (`int8_gating`: one copy of the packed
+    weights instead of one per ratio, about 1.3 ms slower per frame).
 
     ``model`` may be None and ``model_loader`` a function that loads it: with a ``serving`` record
     that knows the ratios' masks and graph keys, cached graphs are then served without the model
@@ -327,6 +333,7 @@ class OnnxRuntimeEngine(InferenceEngine):
             raise ValueError(f'intra_op_threads must be >= 0, got {intra_op_threads!r}')
         if model is None and model_loader is None:
             raise ValueError('the onnxruntime engine needs a model or a model_loader')
+        ratios, background_ratios = list(ratios), list(background_ratios)
         self._model = model.eval() if model is not None else None
         self._model_loader = model_loader
         self._model_lock = threading.Lock()
@@ -367,8 +374,10 @@ class OnnxRuntimeEngine(InferenceEngine):
         # ratio -> (policy, masks): a switch is a look-up; a new model policy invalidates it.
         self._mask_cache: dict[Ratio, tuple[object, Masks]] = {}
         self._worker: BuildWorker | None = BuildWorker()
-        # int8: the graph all ratios share (entry, session), or why there is none.
-        self._gated: tuple[_Entry, ort.InferenceSession] | None = None
+        # int8: the graph all ratios share (entry, session, its gated runs), or why there is
+        # none; its gates are cut for the ratios the engine is given.
+        self._gated: tuple[_Entry, ort.InferenceSession, list[Run]] | None = None
+        self._gated_for = [keep_ratio, *ratios, *background_ratios]
         self._gated_error: str | None = None if share_int8_graph else 'turned off'
         self._closed = False
 
@@ -591,10 +600,14 @@ class OnnxRuntimeEngine(InferenceEngine):
         def load(rebuild: bool) -> _Graph:
             entry = self._entry(masks, ratio, rebuild)
             gated = self._gated_graph() if self.precision == 'int8' else None
-            values = gated and self._gated_values(gated[0], entry, masks)
+            values = gated and self._gated_values(gated[0], gated[2], entry, masks)
             if gated is not None and values is not None:
                 return _Graph(masks, ratio, gated[1],
                               GatedRatio(gated[1], values, self.input_size))
+            if gated is not None:
+                _LOG.info('int8 keep ratio %r gets a session of its own: the shared graph '
+                          'cannot run it (other BatchNorm statistics, or skips it was not '
+                          'cut for)', ratio)
             return _Graph(masks, ratio, self._session(entry))
         with self._build_lock:
             return _healed(load)
@@ -613,9 +626,10 @@ class OnnxRuntimeEngine(InferenceEngine):
         return entry
 
     # -- the gated int8 graph (int8_gating) ---------------------------------------------------
-    def _gated_graph(self) -> tuple[_Entry, ort.InferenceSession] | None:
-        """The int8 graph every ratio can share, made from keep ratio 1's graph on first use;
-        None (logged once) if this model's graphs cannot share one. Under ``_build_lock``."""
+    def _gated_graph(self) -> tuple[_Entry, ort.InferenceSession, list[Run]] | None:
+        """The int8 graph every ratio can share, made from keep ratio 1's graph on first use,
+        gated for the engine's ratios (`int8_gating.gated_runs`); None (logged once) if this
+        model's graphs cannot share one. Under ``_build_lock``."""
         if self._gated is not None or self._gated_error is not None:
             return self._gated
         try:
@@ -623,24 +637,33 @@ class OnnxRuntimeEngine(InferenceEngine):
             if not all(all(stage) for stage in full):
                 raise ValueError('keep ratio 1 does not run every block under this skip policy')
 
-            def load(rebuild: bool) -> tuple[_Entry, ort.InferenceSession]:
+            runs = gated_runs([full, *map(self._masks, self._gated_for)])
+            if not runs:
+                self._gated_error = 'nothing to share: none of its ratios skips a block'
+                _LOG.info('int8: %s', self._gated_error)
+                return None
+
+            def load(rebuild: bool) -> tuple[_Entry, ort.InferenceSession, list[Run]]:
                 full_entry = self._entry(full, 1.0, rebuild)
-                key = f'gated-{self._graph_key(full, 1.0)}'
+                key = f'gated-{self._graph_key(full, 1.0)}-{content_digest(runs)[:8]}'
                 index_path = self._graph_dir / f'{key}.json'
                 if not rebuild and index_path.exists():
                     entry = self._read_entry(index_path, key, full)
                 else:
-                    entry = self._build_gated(full_entry, full, index_path)
-                if entry.parameters is None or entry.fixed is None:
-                    raise ValueError(f'{index_path} lists no parameters')
-                return entry, self._session(entry, warm_up=False)
+                    entry = self._build_gated(full_entry, full, runs, index_path)
+                if entry.parameters is None or entry.fixed is None or entry.inputs is None:
+                    if rebuild:
+                        raise ValueError(f'{index_path} lists no parameters')
+                    raise CorruptEntry(index_path, 'it lists no parameters (an older format)')
+                return entry, self._session(entry, warm_up=False), runs
             self._gated = _healed(load)
         except (ValueError, BackendError) as e:    # BackendError: ratio 1 failed to build
             self._gated_error = str(e)
             _LOG.warning('int8 ratios cannot share one graph, each gets its own session: %s', e)
         return self._gated
 
-    def _build_gated(self, full: _Entry, masks: Masks, index_path: Path) -> _Entry:
+    def _build_gated(self, full: _Entry, masks: Masks, runs: list[Run],
+                     index_path: Path) -> _Entry:
         """The gated graph of `int8_gating` made from the full-mask graph ``full``, cached."""
         import onnx     # building only
         from pls_perception.engines.int8_gating import gated_graph
@@ -649,23 +672,29 @@ class OnnxRuntimeEngine(InferenceEngine):
             raise ValueError(f'the graph of keep ratio 1 ({full.graph_path}) lists no '
                              'per-ratio parameters')
         _LOG.info('building the int8 graph that serves every keep ratio')
-        model = gated_graph(onnx.load(str(full.graph_path), load_external_data=False),
-                            STAGE_NAMES, [len(stage) for stage in masks])
-        extra = {'gated_from': full.graph_path.stem, 'parameters': full.parameters,
-                 'fixed': full.fixed}
+        model, inputs = gated_graph(onnx.load(str(full.graph_path), load_external_data=False),
+                                    STAGE_NAMES, runs)
+        extra = {'gated_from': full.graph_path.stem, 'runs': runs, 'inputs': inputs,
+                 'parameters': full.parameters, 'fixed': full.fixed}
         return self._write_entry(model, index_path, masks, 1.0, extra)
 
-    def _gated_values(self, gated: _Entry, entry: _Entry,
+    def _gated_values(self, gated: _Entry, runs: list[Run], entry: _Entry,
                       masks: Masks) -> dict[str, ort.OrtValue] | None:
         """What ``entry``'s ratio binds to the gated graph: its gates and its quantization
         parameters (the full-mask graph's for blocks it skips); None if its nodes hold other
-        constants (another BatchNorm state) or it lists no parameters."""
-        assert gated.parameters is not None and gated.fixed is not None
+        constants (another BatchNorm state), it lists no parameters, or the gates cannot
+        skip what it skips (a ratio the graph was not cut for)."""
+        assert gated.parameters is not None and gated.fixed is not None \
+            and gated.inputs is not None
         if entry.parameters is None or entry.fixed is None \
-                or not set(entry.parameters) <= set(gated.parameters) \
+                or not set(entry.parameters) <= set(gated.inputs) \
                 or any(gated.fixed.get(k) != v for k, v in entry.fixed.items()):
             return None
-        gates, parameters = ratio_inputs(masks, gated.parameters, entry.parameters)
+        try:
+            gates, parameters = ratio_inputs(masks, runs, gated.inputs, gated.parameters,
+                                             entry.parameters)
+        except ValueError:
+            return None
         return {**{name: ort.OrtValue.ortvalue_from_numpy(np.array(run))
                    for name, run in gates.items()},
                 **{name: self._shared_weight(tensor) for name, tensor in parameters.items()}}
@@ -703,10 +732,11 @@ class OnnxRuntimeEngine(InferenceEngine):
             lengths[name] = int(length)
         if set(lengths) != set(names):
             raise CorruptEntry(index_path, "its initializer names are not the graph's")
-        parameters, fixed = index.get('parameters'), index.get('fixed')
-        if not _optional_gating_fields(parameters, fixed):
-            raise CorruptEntry(index_path, 'malformed int8 parameters or constants')
-        return _Entry(graph_path, names, max(lengths.values(), default=0), parameters, fixed)
+        parameters, fixed, inputs = (index.get(k) for k in ('parameters', 'fixed', 'inputs'))
+        if not _optional_gating_fields(parameters, fixed, inputs):
+            raise CorruptEntry(index_path, 'malformed int8 parameters, constants or inputs')
+        return _Entry(graph_path, names, max(lengths.values(), default=0), parameters, fixed,
+                      inputs)
 
     def _export(self, ratio: Ratio) -> bytes:
         """The kept blocks (with this ratio's BN statistics) as an ONNX model in memory."""
@@ -758,35 +788,37 @@ class OnnxRuntimeEngine(InferenceEngine):
         renamed with the tensors."""
         from onnx import TensorProto, numpy_helper
 
-        from pls_perception.engines.int8_gating import all_nodes
+        from pls_perception.engines.int8_gating import all_graphs, all_nodes
         renames: dict[str, str] = {}
-        kept: list[TensorProto] = []
-        seen: set[str] = set()
+        names: dict[str, None] = {}          # every graph's, ``If`` branches' included
         largest = 0
-        for init in model.graph.initializer:
-            if init.data_location == TensorProto.EXTERNAL and _WEIGHT_NAME.fullmatch(init.name):
-                nbytes = int({e.key: e.value for e in init.external_data}['length'])
-                name = init.name                 # already in the store (the gated graph's)
-                placeholder = init
-            else:
-                array = numpy_helper.to_array(init)
-                name = f'w_{_array_digest(array)}'
-                nbytes = array.nbytes
-                self._store_weight(name, array)
-                placeholder = TensorProto(name=name, data_type=init.data_type, dims=init.dims,
-                                          data_location=TensorProto.EXTERNAL)
-                for k, v in (('location', _PLACEHOLDER), ('offset', '0'),
-                             ('length', str(nbytes))):
-                    entry = placeholder.external_data.add()
-                    entry.key, entry.value = k, v
-            renames[init.name] = name
-            if name in seen:
-                continue                     # identical tensor twice in one graph
-            seen.add(name)
-            kept.append(placeholder)
-            largest = max(largest, nbytes)
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(kept)
+        for graph in all_graphs(model.graph):
+            kept: dict[str, TensorProto] = {}
+            for init in graph.initializer:
+                if (init.data_location == TensorProto.EXTERNAL
+                        and _WEIGHT_NAME.fullmatch(init.name)):
+                    nbytes = int({e.key: e.value for e in init.external_data}['length'])
+                    name = init.name             # already in the store (the gated graph's)
+                    placeholder = init
+                else:
+                    array = numpy_helper.to_array(init)
+                    name = f'w_{_array_digest(array)}'
+                    nbytes = array.nbytes
+                    self._store_weight(name, array)
+                    placeholder = TensorProto(name=name, data_type=init.data_type,
+                                              dims=init.dims, data_location=TensorProto.EXTERNAL)
+                    for k, v in (('location', _PLACEHOLDER), ('offset', '0'),
+                                 ('length', str(nbytes))):
+                        entry = placeholder.external_data.add()
+                        entry.key, entry.value = k, v
+                renames[init.name] = name
+                if name in kept:
+                    continue                     # identical tensor twice in one graph
+                kept[name] = placeholder
+                names[name] = None
+                largest = max(largest, nbytes)
+            del graph.initializer[:]
+            graph.initializer.extend(kept.values())
         for node in all_nodes(model.graph):
             for i, name in enumerate(node.input):
                 if name in renames:
@@ -796,17 +828,17 @@ class OnnxRuntimeEngine(InferenceEngine):
                      'parameters': {k: renames.get(v, v) for k, v in extra['parameters'].items()},
                      'fixed': {k: [renames.get(n, n) for n in v]
                                for k, v in extra['fixed'].items()}}
-        names = [t.name for t in kept]
         data = model.SerializeToString()
         graph_sha = hashlib.sha256(data).hexdigest()
         graph_path = self._graph_dir / f'{graph_sha}.onnx'
         write_atomic(graph_path, data)
         index = {'key': index_path.stem, 'ratio': ratio, 'masks': [list(m) for m in masks],
                  'input_size': self.input_size, 'precision': self.precision,
-                 'graph_sha256': graph_sha, 'initializers': names, **extra}
+                 'graph_sha256': graph_sha, 'initializers': list(names), **extra}
         index['digest'] = content_digest(index)
         write_atomic(index_path, json.dumps(index).encode())
-        return _Entry(graph_path, names, largest, extra.get('parameters'), extra.get('fixed'))
+        return _Entry(graph_path, list(names), largest, extra.get('parameters'),
+                      extra.get('fixed'), extra.get('inputs'))
 
     def _weight_path(self, name: str) -> Path:
         """weights/<digest>.npy of a ``w_<digest>`` name (no other name reaches the disk)."""
@@ -887,16 +919,18 @@ def _healed(load: Callable[[bool], _T]) -> _T:
     return load(True)
 
 
-def _optional_gating_fields(parameters: object, fixed: object) -> bool:
-    """Whether an index's int8 fields, where present, are well formed: parameter inputs ->
-    weight names, node -> constants (weight names or '')."""
+def _optional_gating_fields(parameters: object, fixed: object, inputs: object) -> bool:
+    """Whether an index's int8 fields, where present, are well formed: parameter keys ->
+    weight names, node -> constants (weight names or ''), parameter keys -> input names."""
     def weight(name: object) -> bool:
         return isinstance(name, str) and _WEIGHT_NAME.fullmatch(name) is not None
     return ((parameters is None or isinstance(parameters, dict) and all(
                 isinstance(k, str) and weight(v) for k, v in parameters.items()))
             and (fixed is None or isinstance(fixed, dict) and all(
                 isinstance(k, str) and isinstance(v, list)
-                and all(n == '' or weight(n) for n in v) for k, v in fixed.items())))
+                and all(n == '' or weight(n) for n in v) for k, v in fixed.items()))
+            and (inputs is None or isinstance(inputs, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in inputs.items())))
 
 
 def warn_corrupt(error: CorruptEntry, what: str = 'ONNX cache file') -> None:

@@ -118,7 +118,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         'int8_shared_graph', True,
         'precision int8: serve every ratio from one gated int8 graph (its weights packed once: '
-        'about 250 MB for a node with ten ratios instead of 540; each frame about 1.2x slower) '
+        'about 230 MB for a node with ten ratios instead of 540; each frame about 1.3 ms slower) '
         'rather than one session per ratio; docs/engines.md'),
     ParamSpec(
         'prebuild_ratios', list(PREBUILD_RATIOS),

@@ -178,6 +178,25 @@ def test_all_int8_ratios_share_one_gated_graph_and_answer_as_their_own(
         for ratio in (1.0, 0.5):
             engine.set_keep_ratio(ratio)
             np.testing.assert_array_equal(engine.infer(x), own[ratio])
+    with _int8(small_model, tmp_path, calibration) as engine:          # ratio 1 alone
+        assert engine.status()['int8_shared_graph'] == {
+            'ratios': [], 'error': 'nothing to share: none of its ratios skips a block'}
+        np.testing.assert_array_equal(engine.infer(x), own[1.0])
+
+
+def test_a_ratio_the_gated_graph_was_not_cut_for_keeps_its_own_session(
+        small_model: SkippableResNet, tmp_path: Path) -> None:
+    """The gates are cut for the ratios the engine is given: here layer1's second block only."""
+    calibration = CalibrationSet.from_arrays(_images(16), 'noise')
+    x = _images(3, seed=1)
+    layer1_half = (0.5, 1.0, 1.0, 1.0)
+    with _int8(small_model, tmp_path, calibration, ratios=(layer1_half,)) as engine:
+        (index,) = engine.cache_dir.glob('graphs/gated-*.json')
+        assert json.loads(index.read_text())['runs'] == [[0, 1, 2]]
+        engine.prepare([0.5])                       # skips a block in every stage
+        engine.set_keep_ratio(0.5)
+        np.testing.assert_array_equal(engine.infer(x), _own_session_logits(engine, 0.5, x))
+        assert engine.status()['int8_shared_graph']['ratios'] == [1.0, layer1_half]
 
 
 def test_a_ratio_with_its_own_batchnorm_statistics_keeps_its_own_session(
@@ -210,6 +229,23 @@ def test_a_damaged_gated_graph_is_logged_and_rebuilt(small_model: SkippableResNe
         np.testing.assert_array_equal(engine.infer(x), expected)
     assert [r.message for r in caplog.records if str(graph) in r.message] != []
     assert graph.is_file()                                   # written afresh
+
+
+def test_a_gated_graph_of_an_older_format_is_rebuilt(small_model: SkippableResNet,
+                                                     tmp_path: Path) -> None:
+    """An index without the parameter inputs (written before they were) is not a reason to
+    give every ratio its own session: the gated graph is built afresh."""
+    from pls_perception.engines.onnxruntime_engine import content_digest
+    calibration = CalibrationSet.from_arrays(_images(16), 'noise')
+    with _int8(small_model, tmp_path, calibration, ratios=(0.5,)):
+        pass
+    (path,) = tmp_path.glob('*/graphs/gated-*.json')
+    index = json.loads(path.read_text())
+    del index['inputs'], index['digest']
+    path.write_text(json.dumps({**index, 'digest': content_digest(index)}))
+    with _int8(small_model, tmp_path, calibration, ratios=(0.5,)) as engine:
+        assert engine.status()['int8_shared_graph'] == {'ratios': [1.0, 0.5], 'error': None}
+    assert 'inputs' in json.loads(path.read_text())
 
 
 def test_cached_int8_ratios_are_served_without_the_model(small_model: SkippableResNet,

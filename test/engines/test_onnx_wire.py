@@ -9,13 +9,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from pls_perception.engines.int8_gating import all_graphs
 from pls_perception.engines.onnx_wire import initializers
 from pls_perception.engines.onnxruntime_engine import OnnxRuntimeEngine
 from pls_perception.skipping.network import SkippableResNet
 
 
 def _as_onnx_reads_it(model: onnx.ModelProto) -> dict[str, dict[str, str]]:
-    return {t.name: {e.key: e.value for e in t.external_data} for t in model.graph.initializer}
+    return {t.name: {e.key: e.value for e in t.external_data}
+            for graph in all_graphs(model.graph) for t in graph.initializer}
 
 
 def _model() -> onnx.ModelProto:
@@ -38,6 +40,32 @@ def test_reads_the_initializers_onnx_reads() -> None:
     assert found == _as_onnx_reads_it(model)
     assert found['w_ext'] == {'location': 'placeholder.bin', 'offset': '0', 'length': '24'}
     assert found['inline'] == {}
+
+
+def _nested(model: onnx.ModelProto, levels: int) -> onnx.ModelProto:
+    """``model`` with its graph ``levels`` deep in If branches, each level's own tensor too."""
+    graph = model.graph
+    for level in range(levels):
+        own = numpy_helper.from_array(np.full(1, level, np.float32), f'level{level}')
+        identity = helper.make_graph([helper.make_node('Identity', ['x'], ['y'])], 'else', [],
+                                     [helper.make_tensor_value_info('y', TensorProto.FLOAT, None)])
+        graph = helper.make_graph(
+            [helper.make_node('If', ['c'], ['y'], then_branch=graph, else_branch=identity)],
+            f'level{level}', [helper.make_tensor_value_info('c', TensorProto.BOOL, [])],
+            [helper.make_tensor_value_info('y', TensorProto.FLOAT, None)], [own])
+    return helper.make_model(graph)
+
+
+def test_reads_the_initializers_in_if_branches() -> None:
+    model = _nested(_model(), 2)
+    found = initializers(model.SerializeToString())
+    assert found == _as_onnx_reads_it(model)
+    assert sorted(found) == ['inline', 'level0', 'level1', 'w_ext']
+
+
+def test_refuses_graphs_nested_too_deep() -> None:
+    with pytest.raises(ValueError, match='nested deeper'):
+        initializers(_nested(_model(), 6).SerializeToString())
 
 
 def test_reads_a_cached_graph_as_onnx_does(small_model: SkippableResNet, tmp_path: Path) -> None:

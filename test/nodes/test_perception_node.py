@@ -268,7 +268,8 @@ def test_int8_precision_configures_and_classifies(harness: Callable[..., Harness
                                                  cifar: tuple) -> None:
     """int8 needs the onnxruntime engine and its calibration images; then frames flow."""
     images, _ = cifar
-    h = harness(precision='int8', onnx_cache_dir=str(tmp_path / 'cache'), prebuild_ratios=[1.0])
+    h = harness(precision='int8', onnx_cache_dir=str(tmp_path / 'cache'),
+                prebuild_ratios=[1.0, 0.5])
     assert h.node.trigger_configure() == TransitionCallbackReturn.FAILURE   # engine torch
     assert h.set(engine='onnxruntime',
                  int8_calibration_data=str(tmp_path / 'missing.tar.gz'))[0].successful
@@ -278,7 +279,8 @@ def test_int8_precision_configures_and_classifies(harness: Callable[..., Harness
     h.start()
     assert h.node.pipeline.engine.status()['precision'] == 'int8'
     assert h.classify(image_msg(images[0], 'rgb8'))['keep_ratio'] == 1.0
-    assert h.diagnostics()['engine_int8_shared_graph'] == '1'    # served by the gated graph
+    h.node.pipeline.engine.prepare([0.5])          # a prebuilt ratio: built in the background
+    assert h.diagnostics()['engine_int8_shared_graph'] == '1 0.5'    # served by the gated graph
 
 
 def test_unavailable_dvfs_backend_fails_configure(harness: Callable[..., Harness]) -> None:
