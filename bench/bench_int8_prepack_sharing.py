@@ -11,9 +11,10 @@ to the process (weights shared via ``add_initializer``, as in the engine) with p
 off, and the r = 1 latency each way.
 
 Third, the way round it that the engine takes (`pls_perception.engines.int8_gating`): one int8
-graph for every ratio, the r = 1 graph with each run of blocks that the ten profile ratios skip
-together behind an ``If`` (as a node serving them has it) and each ratio's quantization parameters (activation scales and zero points, int32 biases) as inputs,
-bound once per ratio with an IOBinding. Measured against one session per ratio: the memory each
+graph for every ratio: the r = 1 graph with each run of blocks that the ten profile ratios skip
+together behind an ``If`` (as a node serving them has it), and each ratio's quantization
+parameters (activation scales and zero points, int32 biases) as inputs, bound once per ratio
+with an IOBinding. Measured against one session per ratio: the memory each
 adds to a process that already holds the weights, the latency per ratio (interleaved rounds), and
 the largest logit difference (each ratio computes what its own graph does).
 

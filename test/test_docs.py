@@ -92,6 +92,30 @@ def startup_rows() -> list[str]:
     return rows
 
 
+def prose_figures() -> list[str]:
+    """Figures the README's prose quotes: what fine-tuning gains, the int8 engine memory."""
+    runs = _runs(FINE_TUNE)
+    reference, tuned = runs['reference'], runs['pls-train']
+
+    def pct(row: dict) -> str:
+        return f'{float(row["accuracy"]) * 100:.0f} %'
+    cost = (float(reference['1']['accuracy']) - float(tuned['1']['accuracy'])) * 100
+    rss = json.loads(ENGINES.read_text())['details']['rss_mb']
+    gated, own = (f"{rss[k]['rss_mb']:.0f}" for k in ('all_sessions_int8',
+                                                       'all_sessions_int8_per_ratio'))
+    return [f'r = 0.5 from {pct(reference["0.5"])} to {pct(tuned["0.5"])}',
+            f'r = 0.1 from {pct(reference["0.1"])} to {pct(tuned["0.1"])}',
+            f'a cost of {cost:.2f} points at r = 1',
+            f'all ten ratios in {gated} MB of engine memory', f'ten packed copies, {own} MB',
+            f'the engine alone: {own} instead of {gated} MB']
+
+
+def test_readme_prose_figures_are_the_committed_results() -> None:
+    text = ' '.join(README.read_text().split())         # a figure may wrap across lines
+    missing = [figure for figure in prose_figures() if figure not in text]
+    assert not missing, f'README prose differs from {FINE_TUNE} and {ENGINES}: {missing}'
+
+
 def test_readme_table1_is_the_committed_evaluation() -> None:
     text = README.read_text()
     missing = [row for row in table1_rows() if row not in text]

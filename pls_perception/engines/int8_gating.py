@@ -1,5 +1,5 @@
-"""One int8 graph that serves every keep ratio: skippable blocks behind ``If``, per-ratio
-quantization parameters as inputs.
+"""One int8 graph that serves many keep ratios: runs of blocks they skip behind ``If``,
+per-ratio quantization parameters as inputs.
 
 Why: ONNX Runtime packs each int8 convolution's weights per session, and its shared pre-packed
 weights container does not take the int8 ``QLinearConv`` kernel
@@ -262,16 +262,16 @@ def all_graphs(graph: Any) -> Iterator[Any]:
     yield graph
     for node in graph.node:
         for attribute in node.attribute:
-            if attribute.HasField('g'):
-                yield from all_graphs(attribute.g)
+            for sub in ([attribute.g] if attribute.HasField('g') else []) + list(attribute.graphs):
+                yield from all_graphs(sub)
 
 
 def all_nodes_of(node: Any) -> Iterator[Any]:
     """``node`` and every node in its attributes' graphs."""
     yield node
     for attribute in node.attribute:
-        if attribute.HasField('g'):
-            yield from all_nodes(attribute.g)
+        for sub in ([attribute.g] if attribute.HasField('g') else []) + list(attribute.graphs):
+            yield from all_nodes(sub)
 
 
 def all_nodes(graph: Any) -> Iterator[Any]:

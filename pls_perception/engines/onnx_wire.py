@@ -84,7 +84,8 @@ def _tensors(graph: memoryview, depth: int = 0) -> Iterator[memoryview]:
 
 def initializers(model: bytes) -> dict[str, dict[str, str]]:
     """Initializer name -> its external_data entries (location, offset, length), of a
-    serialized ModelProto, subgraphs' included. ValueError for bytes that are not one."""
+    serialized ModelProto, subgraphs' included. ValueError for bytes that are not one, or
+    that name an initializer twice."""
     graphs = list(_submessages(memoryview(model), _MODEL_GRAPH))
     if len(graphs) != 1:
         raise ValueError(f'a model has one graph, this has {len(graphs)}')
@@ -98,5 +99,7 @@ def initializers(model: bytes) -> dict[str, dict[str, str]]:
                 entry = {f: _text(v) for f, w, v in _fields(value)  # type: ignore[arg-type]
                          if w == _LENGTH}
                 external[entry.get(_ENTRY_KEY, '')] = entry.get(_ENTRY_VALUE, '')
+        if name in found:       # one of them would go unchecked
+            raise ValueError(f'initializer {name[:80]!r} appears twice')
         found[name] = external
     return found

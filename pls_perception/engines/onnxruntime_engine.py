@@ -48,8 +48,8 @@ int8 sessions cannot share their weights: each packs them for its kernels. So ev
 is served, where it can be, by one gated graph (`int8_gating`) whose quantization parameters are
 inputs, bound per ratio once (`GatedRatio`): one packed copy of the weights for all ratios. Its
 gates are cut for the ratios the engine is given (``keep_ratio``, ``ratios``,
-``background_ratios``); another ratio is served by it if the gates can skip what it skips, else
-by a session of its own.
+``background_ratios``, ``gate_ratios``); another ratio is served by it if it keeps or skips each
+gated run of blocks whole and skips no ungated block, else by a session of its own.
 
 Switching ratio is a dictionary look-up under a lock. A ratio whose graph is not loaded yet is
 built on a background thread while the previous ratio keeps serving; `status()` says so.
@@ -96,7 +96,7 @@ from pls_perception.engines.int8_quantization import (PRECISIONS, CalibrationSet
                                                       quantize_in_subprocess)
 from pls_perception.engines.onnx_wire import initializers
 from pls_perception.errors import BackendError
-from pls_perception.skipping.ratios import Masks, Ratio
+from pls_perception.skipping.ratios import PROFILE_RATIOS, Masks, Ratio
 
 if TYPE_CHECKING:
     import onnx
@@ -304,8 +304,10 @@ class OnnxRuntimeEngine(InferenceEngine):
     bench/bench_threading.py). ``precision`` 'int8' quantizes every graph statically
     (`int8_quantization`), calibrated on ``calibration``, which then keys the cache too; with
     ``share_int8_graph`` every int8 ratio that can is served by one gated graph, gated for
-    ``keep_ratio``, ``ratios`` and ``background_ratios`` (`int8_gating`: one copy of the packed
-    weights instead of one per ratio, about 1.3 ms slower per frame).
+    ``keep_ratio``, ``ratios``, ``background_ratios`` and ``gate_ratios`` (default: the ten
+    profile ratios, which the DVFS manager picks from, so that one asked for later shares it too;
+    `int8_gating`: one copy of the packed weights instead of one per ratio, 1-5 ms slower
+    per frame).
 
     ``model`` may be None and ``model_loader`` a function that loads it: with a ``serving`` record
     that knows the ratios' masks and graph keys, cached graphs are then served without the model
@@ -321,6 +323,7 @@ class OnnxRuntimeEngine(InferenceEngine):
                  device: str = 'cpu', intra_op_threads: int = 0, spinning: bool = True,
                  background_ratios: Iterable[Ratio] = (), precision: str = 'fp32',
                  calibration: CalibrationSet | None = None, share_int8_graph: bool = True,
+                 gate_ratios: Iterable[Ratio] = PROFILE_RATIOS,
                  serving: ServingRecord | None = None,
                  model_loader: Callable[[], SkippableResNet] | None = None) -> None:
         if precision not in PRECISIONS:
@@ -377,7 +380,7 @@ class OnnxRuntimeEngine(InferenceEngine):
         # int8: the graph all ratios share (entry, session, its gated runs), or why there is
         # none; its gates are cut for the ratios the engine is given.
         self._gated: tuple[_Entry, ort.InferenceSession, list[Run]] | None = None
-        self._gated_for = [keep_ratio, *ratios, *background_ratios]
+        self._gated_for = [keep_ratio, *ratios, *background_ratios, *gate_ratios]
         self._gated_error: str | None = None if share_int8_graph else 'turned off'
         self._closed = False
 
@@ -605,7 +608,7 @@ class OnnxRuntimeEngine(InferenceEngine):
                 return _Graph(masks, ratio, gated[1],
                               GatedRatio(gated[1], values, self.input_size))
             if gated is not None:
-                _LOG.info('int8 keep ratio %r gets a session of its own: the shared graph '
+                _LOG.warning('int8 keep ratio %r gets a session of its own: the shared graph '
                           'cannot run it (other BatchNorm statistics, or skips it was not '
                           'cut for)', ratio)
             return _Graph(masks, ratio, self._session(entry))
@@ -651,10 +654,11 @@ class OnnxRuntimeEngine(InferenceEngine):
                     entry = self._read_entry(index_path, key, full)
                 else:
                     entry = self._build_gated(full_entry, full, runs, index_path)
-                if entry.parameters is None or entry.fixed is None or entry.inputs is None:
+                if entry.parameters is None or entry.fixed is None or entry.inputs is None \
+                        or set(entry.parameters) != set(entry.inputs):
                     if rebuild:
-                        raise ValueError(f'{index_path} lists no parameters')
-                    raise CorruptEntry(index_path, 'it lists no parameters (an older format)')
+                        raise ValueError(f'{index_path} lists no parameters or inputs')
+                    raise CorruptEntry(index_path, 'its parameters and inputs do not match')
                 return entry, self._session(entry, warm_up=False), runs
             self._gated = _healed(load)
         except (ValueError, BackendError) as e:    # BackendError: ratio 1 failed to build

@@ -118,7 +118,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         'int8_shared_graph', True,
         'precision int8: serve every ratio from one gated int8 graph (its weights packed once: '
-        'about 230 MB for a node with ten ratios instead of 540; each frame about 1.3 ms slower) '
+        'about 230 MB for a node with ten ratios instead of 540; each frame 1-5 ms slower here) '
         'rather than one session per ratio; docs/engines.md'),
     ParamSpec(
         'prebuild_ratios', list(PREBUILD_RATIOS),

@@ -178,7 +178,7 @@ def test_all_int8_ratios_share_one_gated_graph_and_answer_as_their_own(
         for ratio in (1.0, 0.5):
             engine.set_keep_ratio(ratio)
             np.testing.assert_array_equal(engine.infer(x), own[ratio])
-    with _int8(small_model, tmp_path, calibration) as engine:          # ratio 1 alone
+    with _int8(small_model, tmp_path, calibration, gate_ratios=()) as engine:   # ratio 1 alone
         assert engine.status()['int8_shared_graph'] == {
             'ratios': [], 'error': 'nothing to share: none of its ratios skips a block'}
         np.testing.assert_array_equal(engine.infer(x), own[1.0])
@@ -186,11 +186,13 @@ def test_all_int8_ratios_share_one_gated_graph_and_answer_as_their_own(
 
 def test_a_ratio_the_gated_graph_was_not_cut_for_keeps_its_own_session(
         small_model: SkippableResNet, tmp_path: Path) -> None:
-    """The gates are cut for the ratios the engine is given: here layer1's second block only."""
+    """The gates are cut for the ratios the engine is given: here layer1's second block only
+    (no profile ratios besides)."""
     calibration = CalibrationSet.from_arrays(_images(16), 'noise')
     x = _images(3, seed=1)
     layer1_half = (0.5, 1.0, 1.0, 1.0)
-    with _int8(small_model, tmp_path, calibration, ratios=(layer1_half,)) as engine:
+    with _int8(small_model, tmp_path, calibration, ratios=(layer1_half,),
+               gate_ratios=()) as engine:
         (index,) = engine.cache_dir.glob('graphs/gated-*.json')
         assert json.loads(index.read_text())['runs'] == [[0, 1, 2]]
         engine.prepare([0.5])                       # skips a block in every stage

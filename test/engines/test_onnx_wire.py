@@ -64,8 +64,17 @@ def test_reads_the_initializers_in_if_branches() -> None:
 
 
 def test_refuses_graphs_nested_too_deep() -> None:
-    with pytest.raises(ValueError, match='nested deeper'):
-        initializers(_nested(_model(), 6).SerializeToString())
+    assert len(initializers(_nested(_model(), 4).SerializeToString())) == 6
+    with pytest.raises(ValueError, match='nested deeper than 4'):
+        initializers(_nested(_model(), 5).SerializeToString())
+
+
+def test_refuses_an_initializer_named_twice() -> None:
+    """In a branch and in the main graph: one of the two would go unchecked."""
+    model = _nested(_model(), 1)
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.float32), 'w_ext'))
+    with pytest.raises(ValueError, match="'w_ext' appears twice"):
+        initializers(model.SerializeToString())
 
 
 def test_reads_a_cached_graph_as_onnx_does(small_model: SkippableResNet, tmp_path: Path) -> None:
