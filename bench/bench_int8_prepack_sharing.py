@@ -6,9 +6,11 @@ packed copies. ONNX Runtime's remedy is a shared pre-packed weights container, i
 (``CreateSessionWithPrepackedWeightsContainer``). This script tries it through ``ctypes`` on the
 ``libonnxruntime.so`` the onnxruntime wheel ships, with the int8 graphs the node builds (reference
 weights, r = 1 and 0.5, the engine's cache), and records whether session creation succeeds and
-ONNX Runtime's message if not. It also measures, with the Python API, what one ratio session adds
-to the process (weights shared via ``add_initializer``, as in the engine) with pre-packing on and
-off, and the r = 1 latency each way.
+ONNX Runtime's message if not. It also measures, with the Python API, what the weights and one
+ratio session add to a fresh process, three ways: weights shared via ``add_initializer`` (as
+the engine shares fp32 weights) with pre-packing on and off, and mapped from the weight files
+by ONNX Runtime, which frees each once packed (as the engine loads int8 graphs); and the r = 1
+latency of each.
 
 Third, the way round it that the engine takes (`pls_perception.engines.int8_gating`): one int8
 graph for every ratio: the r = 1 graph with each run of blocks that the ten profile ratios skip
@@ -16,7 +18,8 @@ together behind an ``If`` (as a node serving them has it), and each ratio's quan
 parameters (activation scales and zero points, int32 biases) as inputs, bound once per ratio
 with an IOBinding. Measured against one session per ratio: the memory each
 adds to a process that already holds the weights, the latency per ratio (interleaved rounds), and
-the largest logit difference (each ratio computes what its own graph does).
+the largest logit difference (each ratio computes what its own graph does). All sessions here
+map their weights, as the engine's int8 sessions do.
 
 Writes bench/results/bench_int8_prepack_sharing.json.
 
@@ -146,18 +149,32 @@ def try_shared_container(graphs: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def _session(index: dict[str, Any], graph: str | bytes, weights: dict[str, ort.OrtValue],
+def _session(index: dict[str, Any], weights: dict[str, ort.OrtValue] | None,
              prepack: bool = True, warm_up: bool = True) -> ort.InferenceSession:
-    """A session as the engine makes one: weights shared via add_initializer, no re-optimising."""
+    """A session as the engine makes one, not re-optimised: its weights shared via
+    add_initializer (kept in ``weights``), or, with ``weights`` None, mapped by ONNX Runtime
+    from the weight files (`onnx_wire.with_external_data`)."""
+    from pls_perception.engines.onnx_wire import with_external_data
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.add_session_config_entry('session.disable_prepacking', '0' if prepack else '1')
-    for name in index['initializers']:
-        if name not in weights:        # kept here: ONNX Runtime does not keep them alive
-            weights[name] = ort.OrtValue.ortvalue_from_numpy(_weight(index, name))
-        options.add_initializer(name, weights[name])
+    graph: str | bytes = index['graph']
+    if weights is None:
+        files = {name: Path(index['weights']) / f'{name[2:]}.npy'
+                 for name in index['initializers']}
+        sizes = {name: np.load(path, mmap_mode='r').nbytes for name, path in files.items()}
+        graph = with_external_data(Path(graph).read_bytes(), {
+            name: (f'weights/{path.name}', path.stat().st_size - sizes[name], sizes[name])
+            for name, path in files.items()})
+        options.add_session_config_entry('session.model_external_initializers_file_folder_path',
+                                         str(Path(index['weights']).parent))
+    else:
+        for name in index['initializers']:
+            if name not in weights:        # kept here: ONNX Runtime does not keep them alive
+                weights[name] = ort.OrtValue.ortvalue_from_numpy(_weight(index, name))
+            options.add_initializer(name, weights[name])
     session = ort.InferenceSession(graph, options, providers=['CPUExecutionProvider'])
     if warm_up:
         session.run(None, {'input': _X})
@@ -173,15 +190,14 @@ def _median_ms(run: Callable[[], object], repeats: int) -> float:
 _X = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
 
 
-def session_cost(index: dict[str, Any], prepack: bool, repeats: int) -> dict[str, float]:
-    """One ratio session through the Python API: MB it adds, and its median bs=1 latency."""
-    weights: dict[str, ort.OrtValue] = {}
-    _session(index, index['graph'], weights).run(None, {'input': _X})    # weights loaded
+def session_cost(index: dict[str, Any], mode: str, repeats: int) -> dict[str, float]:
+    """One ratio session through the Python API, its weights shared ('on': pre-packing on,
+    'off') or 'mapped': MB it and its weights add to this process, and its median bs=1
+    latency."""
     before = rss_mb()
-    session = _session(index, index['graph'], weights, prepack)
-    session.run(None, {'input': _X})
-    added = rss_mb() - before
-    return {'session_mb': added,
+    weights = None if mode == 'mapped' else {}    # shared ones stay alive with the session
+    session = _session(index, weights, prepack=mode != 'off')
+    return {'total_mb': rss_mb() - before,
             'latency_ms': _median_ms(lambda: session.run(None, {'input': _X}), repeats)}
 
 
@@ -192,18 +208,13 @@ def gated_cost(graphs: list[dict[str, Any]], gated: dict[str, Any],
     process holding the weights, latency per ratio (interleaved), largest logit difference."""
     from pls_perception.engines.int8_gating import ratio_inputs
     from pls_perception.engines.onnxruntime_engine import GatedRatio
-    weights: dict[str, ort.OrtValue] = {}
-    for index in [*graphs, gated]:
-        for name in [*index['initializers'], *index.get('parameters', {}).values()]:
-            if name not in weights:
-                weights[name] = ort.OrtValue.ortvalue_from_numpy(_weight(index, name))
+    weights = {name: ort.OrtValue.ortvalue_from_numpy(_weight(index, name))   # the bound ones
+               for index in graphs for name in index['parameters'].values()}
     before = rss_mb()
-    plain = {g['ratio']: _session(g, g['graph'], weights) for g in graphs}
-    for session in plain.values():
-        session.run(None, {'input': _X})
+    plain = {g['ratio']: _session(g, None) for g in graphs}
     plain_mb = rss_mb() - before
     before = rss_mb()
-    session = _session(gated, gated['graph'], weights, warm_up=False)
+    session = _session(gated, None, warm_up=False)
     runners = {}
     for g in graphs:
         gates, parameters = ratio_inputs(g['masks'], [tuple(r) for r in gated['runs']],
@@ -235,7 +246,7 @@ def main() -> int:
     parser.add_argument('--cache-dir', type=Path, default=None,
                         help='ONNX cache to build the int8 graphs in (default: a temp dir)')
     parser.add_argument('--repeats', type=int, default=50, help='timed runs per session')
-    parser.add_argument('--child', choices=('container', 'on', 'off', 'gated'),
+    parser.add_argument('--child', choices=('container', 'on', 'off', 'mapped', 'gated'),
                         help=argparse.SUPPRESS)
     parser.add_argument('--graphs', type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -243,7 +254,7 @@ def main() -> int:
         *graphs, gated = json.loads(args.graphs.read_text())
         result: Any = (try_shared_container(graphs) if args.child == 'container'
                        else gated_cost(graphs, gated, args.repeats) if args.child == 'gated'
-                       else session_cost(graphs[0], args.child == 'on', args.repeats))
+                       else session_cost(graphs[0], args.child, args.repeats))
         print(json.dumps(result))
         return 0
     with tempfile.TemporaryDirectory(prefix='pls_prepack_') as tmp:
@@ -257,17 +268,22 @@ def main() -> int:
                                   check=True, capture_output=True, text=True)
             return json.loads(done.stdout.strip().splitlines()[-1])
         error = child('container')
-        on, off, gated = child('on'), child('off'), child('gated')
+        on, off, mapped, gated = child('on'), child('off'), child('mapped'), child('gated')
     graphs = graphs[:-1]
     r1 = graphs[0]['ratio']
     metrics = [
         metric('int8 sessions share pre-packed weights (C API container), 1 = yes',
                int(error is None), '', target_min=0.5),
-        metric(f'one int8 session at r={r1:g}: memory added, pre-packing on',
-               on['session_mb'], 'MB'),
-        metric('the same, pre-packing off', off['session_mb'], 'MB'),
+        metric(f'one int8 session at r={r1:g} and its weights, shared: memory added, '
+               'pre-packing on', on['total_mb'], 'MB'),
+        metric('the same, pre-packing off', off['total_mb'], 'MB'),
+        metric('the same, weights mapped by ONNX Runtime (freed once packed)',
+               mapped['total_mb'], 'MB'),
+        metric('mapped / shared memory, pre-packing on', mapped['total_mb'] / on['total_mb'],
+               'x', target_max=0.75),
         metric(f'int8 bs=1 latency at r={r1:g}, pre-packing on', on['latency_ms'], 'ms'),
         metric('the same, pre-packing off', off['latency_ms'], 'ms'),
+        metric('the same, weights mapped', mapped['latency_ms'], 'ms'),
         metric('pre-packing off / on latency', off['latency_ms'] / on['latency_ms'], 'x'),
     ]
     ratios = ' and '.join(f'{g["ratio"]:g}' for g in graphs)
@@ -286,7 +302,7 @@ def main() -> int:
              + ('works' if error is None else f'fails: {error}')]
     path = write_result('bench_int8_prepack_sharing', metrics, notes=notes,
                         details={'container_error': error, 'ratios': [g['ratio'] for g in graphs],
-                                 'prepack_on': on, 'prepack_off': off,
+                                 'prepack_on': on, 'prepack_off': off, 'mapped': mapped,
                                  'gated_graph': gated})
     print_metrics(metrics, path)
     print(notes[0])

@@ -16,7 +16,7 @@ resident memory (VmRSS) is read from /proc, and whether ``libtorch`` is mapped i
 Writes bench/results/bench_startup.json. Absolute times move with the machine's load (recorded in
 the file).
 
-Usage: .venv/bin/python bench/bench_startup.py [--warm-runs 3] [--precisions fp32 int8]
+Usage: .venv/bin/python bench/bench_startup.py [--warm-runs 5] [--precisions fp32 int8]
 """
 from __future__ import annotations
 
@@ -112,8 +112,9 @@ def start_node(probe: PipelineProbe, cache: Path, log_dir: Path, precision: str)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--warm-runs', type=int, default=3,
-                        help='warm starts per precision after its cold start (default 3)')
+    parser.add_argument('--warm-runs', type=int, default=5,
+                        help='warm starts per precision after its cold start (default 5: one '
+                             'warm start here takes 1.5-3.5 s, so the median needs a few)')
     parser.add_argument('--precisions', nargs='+', choices=('fp32', 'int8'),
                         default=['fp32', 'int8'], help='engine precisions (default both)')
     args = parser.parse_args(argv)

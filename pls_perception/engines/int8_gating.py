@@ -3,13 +3,13 @@ per-ratio quantization parameters as inputs.
 
 Why: ONNX Runtime packs each int8 convolution's weights per session, and its shared pre-packed
 weights container does not take the int8 ``QLinearConv`` kernel
-(bench/bench_int8_prepack_sharing.py), so ten ratio sessions hold ten packed copies (544 MB for a
-node with all ten ratios). The full-mask graph with each run of blocks that the served ratios
-skip together behind an ``If`` on a boolean input packs each block once. What per-ratio calibration
-changes (activation scales and zero points, int32 biases) becomes graph inputs, fed from each
-ratio's own graph, so every ratio computes exactly what its own graph does. The weights and their
-scales stay constants: they are the same at every ratio unless BatchNorm statistics differ, which
-`fixed_inputs` lets the engine check.
+(bench/bench_int8_prepack_sharing.py), so ten ratio sessions hold ten packed copies. The
+full-mask graph with each run of blocks that the served ratios skip together behind an ``If`` on a
+boolean input packs each block once. What per-ratio calibration changes (activation scales
+and zero points, int32 biases) becomes graph inputs, fed from each ratio's own graph, so every
+ratio computes exactly what its own graph does. The weights and their scales stay constants:
+they are the same at every ratio unless BatchNorm statistics differ, which `fixed_inputs` lets
+the engine check.
 
 Works on the offline-optimised int8 graphs (com.microsoft ``QLinearConv``, ``QLinearAdd``,
 ``QGemm`` ...), whose node names are the exporter's module paths plus an optimiser suffix
@@ -174,8 +174,7 @@ def gated_graph(model: onnx.ModelProto, stage_names: Sequence[str],
                 runs: Sequence[Run]) -> tuple[onnx.ModelProto, dict[str, str]]:
     """``model`` (the full-mask int8 graph) with each run of blocks run only when the boolean
     input ``gate_name(run)`` is true (else its input passes on), every per-ratio parameter read
-    from an input (`parameter_inputs`, returned too), and the weights only one run reads moved
-    into its branch (an ``If`` is handed every outer value its branch reads, on every run).
+    from an input (`parameter_inputs`, returned too).
 
     ValueError if a run is not one subgraph with one input and one output.
     """
@@ -229,30 +228,16 @@ def gated_graph(model: onnx.ModelProto, stage_names: Sequence[str],
         graph.input.append(helper.make_tensor_value_info(gate, TensorProto.BOOL, []))
     del graph.node[:]
     graph.node.extend(nodes)
-    _move_weights_into_branches(graph)
+    _drop_unread(graph)
     return gated, inputs
 
 
-def _move_weights_into_branches(graph: Any) -> None:
-    """Each initializer read by one ``If``'s then-branch alone becomes the branch's; those no
-    node reads are dropped."""
-    readers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in {i for n in all_nodes_of(node) for i in n.input}:
-            readers.setdefault(name, []).append(node)
-    kept = []
-    branch_reads: dict[str, set[str]] = {}
-    for tensor in graph.initializer:
-        nodes = readers.get(tensor.name, [])
-        if len(nodes) == 1 and nodes[0].op_type == 'If':
-            then = next(a.g for a in nodes[0].attribute if a.name == 'then_branch')
-            reads = branch_reads.setdefault(
-                nodes[0].name, {i for n in all_nodes(then) for i in n.input})
-            if tensor.name in reads:
-                then.initializer.append(tensor)
-                continue
-        if nodes:
-            kept.append(tensor)
+def _drop_unread(graph: Any) -> None:
+    """Drops the initializers no node reads any more (the parameters that became inputs).
+    The weights stay in the main graph: ONNX Runtime frees a main-graph weight once its kernels
+    have packed it, but keeps a branch's own initializers (about 45 MB more for ResNet-152)."""
+    read = {i for node in graph.node for n in all_nodes_of(node) for i in n.input}
+    kept = [t for t in graph.initializer if t.name in read]
     del graph.initializer[:]
     graph.initializer.extend(kept)
 

@@ -44,12 +44,16 @@ files it finds already stored. Every file is written to a temp file and renamed,
 so processes sharing a cache see a whole entry or none. Each tensor is hashed once per engine,
 however many ratios share it: a warm load reads and hashes the weights once.
 
-int8 sessions cannot share their weights: each packs them for its kernels. So every int8 ratio
-is served, where it can be, by one gated graph (`int8_gating`) whose quantization parameters are
-inputs, bound per ratio once (`GatedRatio`): one packed copy of the weights for all ratios. Its
-gates are cut for the ratios the engine is given (``keep_ratio``, ``ratios``,
-``background_ratios``, ``gate_ratios``); another ratio is served by it if it keeps or skips each
-gated run of blocks whole and skips no ungated block, else by a session of its own.
+int8 sessions cannot share their weights: each packs them for its kernels, so our shared copy
+would only add to the packed ones. An int8 session is instead handed its graph with every
+placeholder pointed at the weight's own file (`onnx_wire.with_external_data`): ONNX Runtime maps
+the files and frees each weight once it is packed. Every int8 ratio that skips blocks is served,
+where it can be, by one gated graph (`int8_gating`) whose quantization parameters are inputs,
+bound per ratio once (`GatedRatio`): one packed copy of the weights for all of them. Its gates
+are cut for the ratios the engine is given (``keep_ratio``, ``ratios``, ``background_ratios``,
+``gate_ratios``); a ratio is served by it if it keeps or skips each gated run of blocks whole and
+skips no ungated block, else by a session of its own. Ratio 1 always has its own: the gates
+would slow it (14 % in bench/bench_int8_prepack_sharing.py) to save one packed copy (~60 MB).
 
 Switching ratio is a dictionary look-up under a lock. A ratio whose graph is not loaded yet is
 built on a background thread while the previous ratio keeps serving; `status()` says so.
@@ -94,7 +98,7 @@ from pls_perception.engines.build_worker import BuildWorker
 from pls_perception.engines.int8_gating import Run, gated_runs, ratio_inputs
 from pls_perception.engines.int8_quantization import (PRECISIONS, CalibrationSet,
                                                       quantize_in_subprocess)
-from pls_perception.engines.onnx_wire import initializers
+from pls_perception.engines.onnx_wire import initializers, with_external_data
 from pls_perception.errors import BackendError
 from pls_perception.skipping.ratios import PROFILE_RATIOS, Masks, Ratio
 
@@ -115,6 +119,8 @@ _PLACEHOLDER = 'placeholder.bin'
 _FORMAT_VERSION = 2
 # Bumped when int8 entries change (2: per-ratio parameters for the gated graph).
 _INT8_FORMAT_VERSION = 2
+# Part of the gated graph's key, bumped when its layout changes (2: weights out of the branches).
+_GATED_LAYOUT = 2
 # An initializer name in a cached graph: the digest of the tensor in weights/<digest>.npy.
 _WEIGHT_NAME = re.compile(r'w_([0-9a-f]{64})')
 _SHA256 = re.compile(r'[0-9a-f]{64}')
@@ -307,7 +313,7 @@ class OnnxRuntimeEngine(InferenceEngine):
     ``keep_ratio``, ``ratios``, ``background_ratios`` and ``gate_ratios`` (default: the ten
     profile ratios, which the DVFS manager picks from, so that one asked for later shares it too;
     `int8_gating`: one copy of the packed weights instead of one per ratio, 1-5 ms slower
-    per frame).
+    per frame; ratio 1 keeps its own session).
 
     ``model`` may be None and ``model_loader`` a function that loads it: with a ``serving`` record
     that knows the ratios' masks and graph keys, cached graphs are then served without the model
@@ -371,6 +377,8 @@ class OnnxRuntimeEngine(InferenceEngine):
         self._build_lock = threading.Lock()    # one export at a time (torch + memory heavy)
         self._graphs: dict[Masks, _Graph] = {}
         self._weights: dict[str, ort.OrtValue] = {}
+        # int8: name -> (file under cache_dir, data offset, length), verified (`_weight_file`)
+        self._files: dict[str, tuple[str, int, int]] = {}
         self._pending: dict[Masks, Ratio] = {}
         self._queued: dict[Masks, Ratio] = {}  # on the build thread's queues, or building
         self._errors: dict[Masks, str] = {}    # masks -> 'ratio: error'
@@ -482,6 +490,7 @@ class OnnxRuntimeEngine(InferenceEngine):
         with self._lock:
             self._graphs.clear()
             self._weights.clear()
+            self._files.clear()
 
     def status(self) -> dict[str, Any]:
         """For /diagnostics: active, requested, pending and ready ratios, build errors, cache;
@@ -599,10 +608,12 @@ class OnnxRuntimeEngine(InferenceEngine):
 
     def _load_or_build(self, masks: Masks, ratio: Ratio) -> _Graph:
         """The graph of ``masks`` from the cache, verified; else (or if it fails) built. An
-        int8 ratio is served by the gated graph when it can be, else by a session of its own."""
+        int8 ratio that skips blocks is served by the gated graph when it can be, else by a
+        session of its own; one that skips none always has its own (see the module docstring)."""
         def load(rebuild: bool) -> _Graph:
             entry = self._entry(masks, ratio, rebuild)
-            gated = self._gated_graph() if self.precision == 'int8' else None
+            skips = not all(all(stage) for stage in masks)
+            gated = self._gated_graph() if self.precision == 'int8' and skips else None
             values = gated and self._gated_values(gated[0], gated[2], entry, masks)
             if gated is not None and values is not None:
                 return _Graph(masks, ratio, gated[1],
@@ -648,7 +659,8 @@ class OnnxRuntimeEngine(InferenceEngine):
 
             def load(rebuild: bool) -> tuple[_Entry, ort.InferenceSession, list[Run]]:
                 full_entry = self._entry(full, 1.0, rebuild)
-                key = f'gated-{self._graph_key(full, 1.0)}-{content_digest(runs)[:8]}'
+                key = (f'gated-{self._graph_key(full, 1.0)}-'
+                       f'{content_digest(runs, _GATED_LAYOUT)[:8]}')
                 index_path = self._graph_dir / f'{key}.json'
                 if not rebuild and index_path.exists():
                     entry = self._read_entry(index_path, key, full)
@@ -675,7 +687,7 @@ class OnnxRuntimeEngine(InferenceEngine):
         if full.parameters is None or full.fixed is None:
             raise ValueError(f'the graph of keep ratio 1 ({full.graph_path}) lists no '
                              'per-ratio parameters')
-        _LOG.info('building the int8 graph that serves every keep ratio')
+        _LOG.info('building the int8 graph that serves the keep ratios that skip blocks')
         model, inputs = gated_graph(onnx.load(str(full.graph_path), load_external_data=False),
                                     STAGE_NAMES, runs)
         extra = {'gated_from': full.graph_path.stem, 'runs': runs, 'inputs': inputs,
@@ -855,10 +867,11 @@ class OnnxRuntimeEngine(InferenceEngine):
         """Make ``array`` the shared tensor ``name``, stored in the weight store.
 
         A tensor file already stored is kept if it verifies, else logged and rewritten; the
-        array itself becomes the shared value (it is the tensor the file holds).
+        array itself becomes the shared value (it is the tensor the file holds), except for
+        int8, whose sessions map the file.
         """
         with self._lock:
-            if name in self._weights:
+            if name in self._weights or name in self._files:
                 return                       # loaded or stored (so verified) by this engine
         path = self._weight_path(name)
         if path.exists():
@@ -870,9 +883,29 @@ class OnnxRuntimeEngine(InferenceEngine):
             buffer = io.BytesIO()
             np.save(buffer, array, allow_pickle=False)
             write_atomic(path, buffer.getvalue())
+        if self.precision == 'int8':        # its sessions map the file (`_session`)
+            with self._lock:
+                self._files[name] = self._location(path, array.nbytes)
+            return
         value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
         with self._lock:
             self._weights.setdefault(name, value)
+
+    def _weight_file(self, name: str) -> tuple[str, int, int]:
+        """Where tensor ``name``'s data lies: (its file relative to ``cache_dir``, offset,
+        length), the file verified on first use (CorruptEntry); the array is not kept."""
+        with self._lock:
+            found = self._files.get(name)
+        if found is None:
+            path = self._weight_path(name)
+            found = self._location(path, _read_tensor(path, name[2:]).nbytes)   # verified
+            with self._lock:
+                self._files[name] = found
+        return found
+
+    def _location(self, path: Path, length: int) -> tuple[str, int, int]:
+        """(weight file relative to ``cache_dir``, data offset, length): the data ends it."""
+        return f'{self._weight_dir.name}/{path.name}', path.stat().st_size - length, length
 
     def _grow_placeholder(self, size_bytes: int) -> None:
         """The sparse file placeholders point at; ONNX Runtime checks it exists, never reads it."""
@@ -901,10 +934,22 @@ class OnnxRuntimeEngine(InferenceEngine):
         if self._offline_level == 'all':
             # Already optimised offline; optimising again would copy the shared weights.
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        for name in entry.names:
-            options.add_initializer(name, self._shared_weight(name))
-        self._grow_placeholder(entry.placeholder_bytes)
-        session = ort.InferenceSession(str(entry.graph_path), options, providers=self.providers)
+        model: str | bytes = str(entry.graph_path)
+        if self.precision == 'int8':
+            # int8 kernels pack their weights, so sharing our copies would keep one copy more
+            # per process; ONNX Runtime frees a weight it loaded itself once it is packed, and
+            # maps the weight files (no read), so each is pointed at its file.
+            data = read_capped(entry.graph_path, _MAX_GRAPH_BYTES)
+            if hashlib.sha256(data).hexdigest() != entry.graph_path.stem:
+                raise CorruptEntry(entry.graph_path, 'its contents do not match its name')
+            model = with_external_data(data, {n: self._weight_file(n) for n in entry.names})
+            options.add_session_config_entry(
+                'session.model_external_initializers_file_folder_path', str(self.cache_dir))
+        else:
+            for name in entry.names:
+                options.add_initializer(name, self._shared_weight(name))
+            self._grow_placeholder(entry.placeholder_bytes)
+        session = ort.InferenceSession(model, options, providers=self.providers)
         if warm_up:     # the first run allocates the arena: here, not on a camera frame
             session.run([OUTPUT_NAME],
                         {INPUT_NAME: np.zeros((1, 3, *self.input_size), np.float32)})

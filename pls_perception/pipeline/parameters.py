@@ -117,9 +117,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         'like the reference weights'),
     ParamSpec(
         'int8_shared_graph', True,
-        'precision int8: serve every ratio from one gated int8 graph (its weights packed once: '
-        'about 230 MB for a node with ten ratios instead of 540; each frame 1-5 ms slower here) '
-        'rather than one session per ratio; docs/engines.md'),
+        'precision int8: serve ratio 1 from its own graph and every other ratio from one gated '
+        'int8 graph (the weights packed twice, not once per ratio: the engine holds 144 MB with '
+        'ten ratios instead of 406; frames below ratio 1 about 1 ms slower here) rather than one '
+        'session per ratio; docs/engines.md'),
     ParamSpec(
         'prebuild_ratios', list(PREBUILD_RATIOS),
         'onnxruntime engine: keep ratios whose graphs are loaded from the cache (or built) in '

@@ -156,16 +156,20 @@ def _own_session_logits(engine: OnnxRuntimeEngine, ratio: float, x: np.ndarray) 
     return engine._session(entry).run(None, {'input': x})[0]
 
 
-def test_all_int8_ratios_share_one_gated_graph_and_answer_as_their_own(
+def test_int8_ratios_that_skip_share_one_gated_graph_and_answer_as_their_own(
         small_model: SkippableResNet, tmp_path: Path) -> None:
+    """Ratio 1 (skips nothing) keeps a session of its own, without gates; each ratio answers
+    exactly as its own graph does."""
     calibration = CalibrationSet.from_arrays(_images(16), 'noise')
     x = _images(3, seed=1)
-    with _int8(small_model, tmp_path, calibration, ratios=(1.0, 0.5)) as engine:
+    layer1_half = (0.5, 1.0, 1.0, 1.0)
+    with _int8(small_model, tmp_path, calibration, ratios=(1.0, 0.5, layer1_half)) as engine:
         status = engine.status()
-        assert status['int8_shared_graph'] == {'ratios': [1.0, 0.5], 'error': None}
-        sessions = {id(engine._graphs[engine._masks(r)].session) for r in (1.0, 0.5)}
-        assert len(sessions) == 1
-        for ratio in (1.0, 0.5):
+        assert status['int8_shared_graph'] == {'ratios': [0.5, layer1_half], 'error': None}
+        sessions = [engine._graphs[engine._masks(r)].session for r in (1.0, 0.5, layer1_half)]
+        assert sessions[1] is sessions[2] and sessions[0] is not sessions[1]
+        assert not any(i.name.startswith('keep/') for i in sessions[0].get_inputs())
+        for ratio in (1.0, 0.5, layer1_half):
             engine.set_keep_ratio(ratio)
             ours = engine.infer(x)
             np.testing.assert_array_equal(ours, _own_session_logits(engine, ratio, x))
@@ -179,8 +183,8 @@ def test_all_int8_ratios_share_one_gated_graph_and_answer_as_their_own(
             engine.set_keep_ratio(ratio)
             np.testing.assert_array_equal(engine.infer(x), own[ratio])
     with _int8(small_model, tmp_path, calibration, gate_ratios=()) as engine:   # ratio 1 alone
-        assert engine.status()['int8_shared_graph'] == {
-            'ratios': [], 'error': 'nothing to share: none of its ratios skips a block'}
+        assert engine.status()['int8_shared_graph'] == {'ratios': [], 'error': None}
+        assert engine._gated is None                      # not built: nothing would use it
         np.testing.assert_array_equal(engine.infer(x), own[1.0])
 
 
@@ -198,7 +202,7 @@ def test_a_ratio_the_gated_graph_was_not_cut_for_keeps_its_own_session(
         engine.prepare([0.5])                       # skips a block in every stage
         engine.set_keep_ratio(0.5)
         np.testing.assert_array_equal(engine.infer(x), _own_session_logits(engine, 0.5, x))
-        assert engine.status()['int8_shared_graph']['ratios'] == [1.0, layer1_half]
+        assert engine.status()['int8_shared_graph']['ratios'] == [layer1_half]
 
 
 def test_a_ratio_with_its_own_batchnorm_statistics_keeps_its_own_session(
@@ -211,7 +215,8 @@ def test_a_ratio_with_its_own_batchnorm_statistics_keeps_its_own_session(
     calibration = CalibrationSet.from_arrays(_images(16), 'noise')
     x = _images(3, seed=1)
     with _int8(small_model, tmp_path, calibration, ratios=(1.0, 0.5)) as engine:
-        assert engine.status()['int8_shared_graph']['ratios'] == [1.0]
+        assert engine.status()['int8_shared_graph'] == {'ratios': [], 'error': None}
+        assert engine._gated is not None                  # built for 0.5, which cannot use it
         engine.set_keep_ratio(0.5)
         np.testing.assert_array_equal(engine.infer(x), _own_session_logits(engine, 0.5, x))
 
@@ -227,10 +232,28 @@ def test_a_damaged_gated_graph_is_logged_and_rebuilt(small_model: SkippableResNe
     graph = index.parent / f"{json.loads(index.read_text())['graph_sha256']}.onnx"
     graph.write_bytes(graph.read_bytes()[:-10])
     with _int8(small_model, tmp_path, calibration, ratios=(0.5,)) as engine:
-        assert engine.status()['int8_shared_graph']['ratios'] == [1.0, 0.5]
+        assert engine.status()['int8_shared_graph']['ratios'] == [0.5]
         np.testing.assert_array_equal(engine.infer(x), expected)
     assert [r.message for r in caplog.records if str(graph) in r.message] != []
     assert graph.is_file()                                   # written afresh
+
+
+def test_a_damaged_int8_weight_file_is_logged_and_rebuilt(small_model: SkippableResNet,
+                                                         tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """int8 sessions map the weight files themselves: each is verified before they do."""
+    calibration = CalibrationSet.from_arrays(_images(16), 'noise')
+    x = _images(3, seed=1)
+    with _int8(small_model, tmp_path, calibration) as engine:      # ratio 1 alone
+        expected = engine.infer(x)
+        names = engine._entry(engine._masks(1.0), 1.0).names
+        weight = max(map(engine._weight_path, names), key=lambda p: p.stat().st_size)
+    data = weight.read_bytes()
+    weight.write_bytes(data[:-8] + bytes(b ^ 0xFF for b in data[-8:]))   # the data ends it
+    with _int8(small_model, tmp_path, calibration) as engine:
+        np.testing.assert_array_equal(engine.infer(x), expected)
+    assert [r.message for r in caplog.records if str(weight) in r.message] != []
+    assert weight.read_bytes() == data                           # written afresh
 
 
 def test_a_gated_graph_of_an_older_format_is_rebuilt(small_model: SkippableResNet,
@@ -246,7 +269,7 @@ def test_a_gated_graph_of_an_older_format_is_rebuilt(small_model: SkippableResNe
     del index['inputs'], index['digest']
     path.write_text(json.dumps({**index, 'digest': content_digest(index)}))
     with _int8(small_model, tmp_path, calibration, ratios=(0.5,)) as engine:
-        assert engine.status()['int8_shared_graph'] == {'ratios': [1.0, 0.5], 'error': None}
+        assert engine.status()['int8_shared_graph'] == {'ratios': [0.5], 'error': None}
     assert 'inputs' in json.loads(path.read_text())
 
 
@@ -269,6 +292,6 @@ def test_cached_int8_ratios_are_served_without_the_model(small_model: SkippableR
     with OnnxRuntimeEngine(None, 'small-resnet18', cache_dir=tmp_path, intra_op_threads=1,
                            precision='int8', calibration=calibration, ratios=(0.5,),
                            serving=ServingRecord.load(path), model_loader=loader) as engine:
-        assert engine.status()['int8_shared_graph']['ratios'] == [1.0, 0.5]
+        assert engine.status()['int8_shared_graph']['ratios'] == [0.5]
         np.testing.assert_array_equal(engine.infer(x), expected)
     assert loads == []

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pls_perception.engines.int8_gating import all_graphs
-from pls_perception.engines.onnx_wire import initializers
+from pls_perception.engines.onnx_wire import initializers, with_external_data
 from pls_perception.engines.onnxruntime_engine import OnnxRuntimeEngine
 from pls_perception.skipping.network import SkippableResNet
 
@@ -87,6 +87,52 @@ def test_reads_a_cached_graph_as_onnx_does(small_model: SkippableResNet, tmp_pat
     found = initializers(data)
     assert found == _as_onnx_reads_it(onnx.load_model_from_string(data))
     assert sorted(found) == sorted(index['initializers'])
+
+
+def _external_in_branches() -> onnx.ModelProto:
+    """`_model` two If levels deep, each level's tensor external too (a 4-byte float)."""
+    model = _nested(_model(), 2)
+    for graph in all_graphs(model.graph):
+        for tensor in graph.initializer:
+            if tensor.name.startswith('level'):
+                tensor.ClearField('raw_data')
+                tensor.data_location = TensorProto.EXTERNAL
+                for key, value in (('location', 'placeholder.bin'), ('offset', '0'),
+                                   ('length', '4')):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value
+    return model
+
+
+def test_points_external_initializers_elsewhere_as_onnx_would() -> None:
+    """Every external initializer, in branches too, gets its new location; the rest of the
+    model (inline tensors, nodes, doc string) stays as onnx has it."""
+    model = _external_in_branches()
+    locations = {'w_ext': ('weights/ext.npy', 128, 24), 'level0': ('weights/0.npy', 64, 4),
+                 'level1': ('weights/1.npy', 192, 4)}
+    rewritten = onnx.load_model_from_string(
+        with_external_data(model.SerializeToString(), locations))
+    for graph in all_graphs(model.graph):     # what onnx makes of the same change
+        for tensor in graph.initializer:
+            if tensor.name in locations:
+                file, offset, length = locations[tensor.name]
+                del tensor.external_data[:]
+                for key, value in (('location', file), ('offset', str(offset)),
+                                   ('length', str(length))):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value
+    assert rewritten == model
+    assert initializers(rewritten.SerializeToString())['level1'] == {
+        'location': 'weights/1.npy', 'offset': '192', 'length': '4'}
+
+
+def test_refuses_to_leave_an_external_initializer_where_it_pointed() -> None:
+    """'level1' would keep pointing at the placeholder; an inline tensor needs no location."""
+    data = _external_in_branches().SerializeToString()
+    with pytest.raises(ValueError, match="1 external initializers .* 'level1'"):
+        with_external_data(data, {'w_ext': ('a', 0, 24), 'level0': ('b', 0, 4)})
+    with pytest.raises(ValueError, match='nested deeper than 4'):
+        with_external_data(_nested(_model(), 5).SerializeToString(), {'w_ext': ('a', 0, 24)})
 
 
 @pytest.mark.parametrize('damage', ['truncated', 'random', 'empty', 'two graphs', 'bad varint',

@@ -279,7 +279,7 @@ def test_int8_precision_configures_and_classifies(harness: Callable[..., Harness
     assert h.node.pipeline.engine.status()['precision'] == 'int8'
     assert h.classify(image_msg(images[0], 'rgb8'))['keep_ratio'] == 1.0
     h.node.pipeline.engine.prepare([0.5])      # not prebuilt: the gates are cut for it too
-    assert h.diagnostics()['engine_int8_shared_graph'] == '1 0.5'    # served by the gated graph
+    assert h.diagnostics()['engine_int8_shared_graph'] == '0.5'    # served by the gated graph
 
 
 def test_unavailable_dvfs_backend_fails_configure(harness: Callable[..., Harness]) -> None:
