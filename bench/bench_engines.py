@@ -2,11 +2,11 @@
 
 Measures, in one run and interleaved (so a contended machine slows every engine alike):
 bs=1 latency per keep ratio for the four (int8 twice: as the engine serves it by default, ratio 1
-by its own graph and every other ratio by one gated graph, and a session per ratio), the time to switch ratio on the onnxruntime engine, resident
-memory with every ratio loaded vs one, fp32 and both int8 ways (fresh subprocesses, warm
-cache), top-1 / logit agreement between onnxruntime fp32 and torch, and between int8 and fp32,
-on the shared CIFAR-10 test split. int8 graphs are calibrated on 100 train images. Writes
-bench/results/bench_engines.json and bench_engines.png.
+by its own graph and every other ratio by one gated graph, and a session per ratio), the time to
+switch ratio on the onnxruntime engine, resident memory with every ratio loaded vs one, fp32 and
+both int8 ways (fresh subprocesses, warm cache), top-1 / logit agreement between onnxruntime
+fp32 and torch, and between int8 and fp32, on the shared CIFAR-10 test split. int8 graphs are
+calibrated on 100 train images. Writes bench/results/bench_engines.json and bench_engines.png.
 
 Usage: .venv/bin/python bench/bench_engines.py [--ratios 1 0.5 ...] [--repeats 40]
        [--agreement-images 10000] [--agreement-ratios 1.0 0.5] [--threads 1] [--cache-dir DIR]

@@ -16,10 +16,10 @@ Third, the way round it that the engine takes (`pls_perception.engines.int8_gati
 graph for every ratio: the r = 1 graph with each run of blocks that the ten profile ratios skip
 together behind an ``If`` (as a node serving them has it), and each ratio's quantization
 parameters (activation scales and zero points, int32 biases) as inputs, bound once per ratio
-with an IOBinding. Measured against one session per ratio: the memory each
-adds to a process that already holds the weights, the latency per ratio (interleaved rounds), and
-the largest logit difference (each ratio computes what its own graph does). All sessions here
-map their weights, as the engine's int8 sessions do.
+with an IOBinding. Measured against one session per ratio, every session mapping its weights as
+the engine's int8 sessions do: the memory each way adds to a process, the latency per ratio
+(interleaved rounds), and the largest logit difference (each ratio computes what its own graph
+does).
 
 Writes bench/results/bench_int8_prepack_sharing.json.
 
@@ -155,6 +155,7 @@ def _session(index: dict[str, Any], weights: dict[str, ort.OrtValue] | None,
     add_initializer (kept in ``weights``), or, with ``weights`` None, mapped by ONNX Runtime
     from the weight files (`onnx_wire.with_external_data`)."""
     from pls_perception.engines.onnx_wire import with_external_data
+    from pls_perception.engines.onnxruntime_engine import weight_location
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
@@ -164,9 +165,8 @@ def _session(index: dict[str, Any], weights: dict[str, ort.OrtValue] | None,
     if weights is None:
         files = {name: Path(index['weights']) / f'{name[2:]}.npy'
                  for name in index['initializers']}
-        sizes = {name: np.load(path, mmap_mode='r').nbytes for name, path in files.items()}
         graph = with_external_data(Path(graph).read_bytes(), {
-            name: (f'weights/{path.name}', path.stat().st_size - sizes[name], sizes[name])
+            name: weight_location(path, np.load(path, mmap_mode='r').nbytes)
             for name, path in files.items()})
         options.add_session_config_entry('session.model_external_initializers_file_folder_path',
                                          str(Path(index['weights']).parent))

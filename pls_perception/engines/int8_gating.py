@@ -121,8 +121,7 @@ def gated_runs(known: Sequence[Masks]) -> list[Run]:
     stage that each of the ``known`` ratios' masks keeps or skips together. Blocks every mask
     keeps are not gated. Why: each ``If`` costs time on every frame, so a gate per run of the
     ratios a node serves (20 for ResNet-152's ten profile ratios) rather than per block (46)."""
-    if not known or any(len(m) != len(known[0]) or list(map(len, m)) != list(map(len, known[0]))
-                        for m in known):
+    if not known or any(list(map(len, m)) != list(map(len, known[0])) for m in known):
         raise ValueError('gated runs need masks of one network')
     runs: list[Run] = []
     for s, depth in enumerate(map(len, known[0])):
@@ -236,7 +235,7 @@ def _drop_unread(graph: Any) -> None:
     """Drops the initializers no node reads any more (the parameters that became inputs).
     The weights stay in the main graph: ONNX Runtime frees a main-graph weight once its kernels
     have packed it, but keeps a branch's own initializers (about 45 MB more for ResNet-152)."""
-    read = {i for node in graph.node for n in all_nodes_of(node) for i in n.input}
+    read = {i for n in all_nodes(graph) for i in n.input}
     kept = [t for t in graph.initializer if t.name in read]
     del graph.initializer[:]
     graph.initializer.extend(kept)
@@ -251,15 +250,10 @@ def all_graphs(graph: Any) -> Iterator[Any]:
                 yield from all_graphs(sub)
 
 
-def all_nodes_of(node: Any) -> Iterator[Any]:
-    """``node`` and every node in its attributes' graphs."""
-    yield node
-    for attribute in node.attribute:
-        for sub in ([attribute.g] if attribute.HasField('g') else []) + list(attribute.graphs):
-            yield from all_nodes(sub)
-
-
 def all_nodes(graph: Any) -> Iterator[Any]:
     """Every node of ``graph``, those in ``If`` branches included."""
     for node in graph.node:
-        yield from all_nodes_of(node)
+        yield node
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.HasField('g') else []) + list(attribute.graphs):
+                yield from all_nodes(sub)

@@ -219,6 +219,20 @@ def _read_tensor(path: Path, digest: str) -> np.ndarray:
     return array
 
 
+def _read_graph(path: Path) -> bytes:
+    """A cached graph's bytes, which must hash to its name (CorruptEntry)."""
+    data = read_capped(path, _MAX_GRAPH_BYTES)
+    if hashlib.sha256(data).hexdigest() != path.stem:
+        raise CorruptEntry(path, 'its contents do not match its name')
+    return data
+
+
+def weight_location(path: Path, length: int) -> tuple[str, int, int]:
+    """Where a weight file's data lies, for `onnx_wire.with_external_data`: (the file relative
+    to the cache directory, offset, length); the data ends the file, after the .npy header."""
+    return f'{path.parent.name}/{path.name}', path.stat().st_size - length, length
+
+
 def read_capped(path: Path, limit: int) -> bytes:
     """A cache file's bytes; CorruptEntry if missing, unreadable or beyond ``limit`` bytes."""
     try:
@@ -612,7 +626,7 @@ class OnnxRuntimeEngine(InferenceEngine):
         session of its own; one that skips none always has its own (see the module docstring)."""
         def load(rebuild: bool) -> _Graph:
             entry = self._entry(masks, ratio, rebuild)
-            skips = not all(all(stage) for stage in masks)
+            skips = not _runs_every_block(masks)
             gated = self._gated_graph() if self.precision == 'int8' and skips else None
             values = gated and self._gated_values(gated[0], gated[2], entry, masks)
             if gated is not None and values is not None:
@@ -648,7 +662,7 @@ class OnnxRuntimeEngine(InferenceEngine):
             return self._gated
         try:
             full = self._masks(1.0)
-            if not all(all(stage) for stage in full):
+            if not _runs_every_block(full):
                 raise ValueError('keep ratio 1 does not run every block under this skip policy')
 
             runs = gated_runs([full, *map(self._masks, self._gated_for)])
@@ -733,9 +747,7 @@ class OnnxRuntimeEngine(InferenceEngine):
                 or len(set(names)) != len(names)):
             raise CorruptEntry(index_path, 'malformed graph digest or initializer names')
         graph_path = self._graph_dir / f'{graph_sha}.onnx'
-        data = read_capped(graph_path, _MAX_GRAPH_BYTES)
-        if hashlib.sha256(data).hexdigest() != graph_sha:
-            raise CorruptEntry(graph_path, 'its contents do not match its name')
+        data = _read_graph(graph_path)
         try:
             placeholders = initializers(data)
         except ValueError as e:
@@ -885,7 +897,7 @@ class OnnxRuntimeEngine(InferenceEngine):
             write_atomic(path, buffer.getvalue())
         if self.precision == 'int8':        # its sessions map the file (`_session`)
             with self._lock:
-                self._files[name] = self._location(path, array.nbytes)
+                self._files[name] = weight_location(path, array.nbytes)
             return
         value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
         with self._lock:
@@ -898,14 +910,10 @@ class OnnxRuntimeEngine(InferenceEngine):
             found = self._files.get(name)
         if found is None:
             path = self._weight_path(name)
-            found = self._location(path, _read_tensor(path, name[2:]).nbytes)   # verified
+            found = weight_location(path, _read_tensor(path, name[2:]).nbytes)   # verified
             with self._lock:
                 self._files[name] = found
         return found
-
-    def _location(self, path: Path, length: int) -> tuple[str, int, int]:
-        """(weight file relative to ``cache_dir``, data offset, length): the data ends it."""
-        return f'{self._weight_dir.name}/{path.name}', path.stat().st_size - length, length
 
     def _grow_placeholder(self, size_bytes: int) -> None:
         """The sparse file placeholders point at; ONNX Runtime checks it exists, never reads it."""
@@ -939,10 +947,8 @@ class OnnxRuntimeEngine(InferenceEngine):
             # int8 kernels pack their weights, so sharing our copies would keep one copy more
             # per process; ONNX Runtime frees a weight it loaded itself once it is packed, and
             # maps the weight files (no read), so each is pointed at its file.
-            data = read_capped(entry.graph_path, _MAX_GRAPH_BYTES)
-            if hashlib.sha256(data).hexdigest() != entry.graph_path.stem:
-                raise CorruptEntry(entry.graph_path, 'its contents do not match its name')
-            model = with_external_data(data, {n: self._weight_file(n) for n in entry.names})
+            model = with_external_data(_read_graph(entry.graph_path),
+                                       {n: self._weight_file(n) for n in entry.names})
             options.add_session_config_entry(
                 'session.model_external_initializers_file_folder_path', str(self.cache_dir))
         else:
@@ -957,6 +963,10 @@ class OnnxRuntimeEngine(InferenceEngine):
 
 
 _T = TypeVar('_T')
+
+
+def _runs_every_block(masks: Masks) -> bool:
+    return all(all(stage) for stage in masks)
 
 
 def _healed(load: Callable[[bool], _T]) -> _T:
